@@ -1,0 +1,27 @@
+"""The one compile entry point: `python -m kfp_components.compile [--output PATH]` (`make compile`)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from kfp import compiler
+
+from kfp_components.pipeline import retrain_pipeline
+
+COMPILED_PIPELINE = Path(__file__).resolve().parent / "retrain_pipeline.yaml"
+
+
+def compile_pipeline(output: Path = COMPILED_PIPELINE) -> Path:
+    compiler.Compiler().compile(pipeline_func=retrain_pipeline, package_path=str(output))
+    return output
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output", type=Path, default=COMPILED_PIPELINE)
+    args = parser.parse_args(argv)
+    print(f"Compiled ml-retrain-pipeline to {compile_pipeline(args.output)}")
+
+
+if __name__ == "__main__":
+    main()

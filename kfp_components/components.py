@@ -1,0 +1,102 @@
+"""The retrain pipeline's KFP components: typed, thin wrappers around `kfp_components.steps`.
+
+Each component imports what it needs inside its body (KFP runs it as a separate program). None
+installs packages at run time: the embedded runner uses the project's venv, and cluster runs use
+the components image built from `kfp_components/Dockerfile`, whose name is a compile-time setting
+(`COMPONENT_IMAGE`).
+"""
+
+import os
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Output
+
+COMPONENT_IMAGE = os.environ.get("COMPONENT_IMAGE", "driftloop/components:0.1.0")
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def load_data(data_uri: str, dataset: Output[Dataset], label_column: str = "target", feedback_url: str = ""):
+    """Read the training table (bundled iris when data_uri is empty), add labelled feedback from the
+    serving app when feedback_url is set, check it, and write it as CSV with its description."""
+    import os
+
+    from kfp_components.steps.data import describe, load_training_frame
+
+    frame = load_training_frame(data_uri, label_column, feedback_url, os.environ.get("SERVING_ADMIN_TOKEN"))
+    frame.to_csv(dataset.path, index=False)
+    dataset.metadata.update(describe(frame, label_column))
+    print(f"Loaded {dataset.metadata['rows']} rows, features {dataset.metadata['feature_names']}, "
+          f"classes {dataset.metadata['class_counts']}")
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def train_model(
+    dataset: Input[Dataset],
+    mlflow_uri: str,
+    metrics: Output[Metrics],
+    holdout: Output[Dataset],
+    experiment_name: str = "retrain",
+    label_column: str = "target",
+    n_estimators: int = 100,
+    max_depth: int = 0,
+    random_state: int = 42,
+    test_size: float = 0.2,
+    run_tag: str = "",
+) -> str:
+    """Train a candidate and log it with its drift reference to MLflow; returns the MLflow run id."""
+    import pandas as pd
+
+    from kfp_components.steps.train import TrainConfig, train_and_log
+
+    frame = pd.read_csv(dataset.path)
+    cfg = TrainConfig(n_estimators=n_estimators, max_depth=max_depth, random_state=random_state, test_size=test_size)
+    result = train_and_log(frame, label_column, mlflow_uri, experiment_name, cfg, run_tag, dataset.uri)
+    result.holdout.to_csv(holdout.path, index=False)
+    holdout.metadata["rows"] = len(result.holdout)
+    for name in ("accuracy", "f1_weighted"):
+        metrics.log_metric(name, result.metrics[name])
+    print(f"MLflow run {result.run_id}: accuracy {result.metrics['accuracy']:.4f}, ONNX parity {result.onnx_parity}")
+    return result.run_id
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def validate_model(
+    run_id: str,
+    holdout: Input[Dataset],
+    mlflow_uri: str,
+    model_name: str,
+    label_column: str = "target",
+    min_accuracy: float = 0.9,
+    tolerance: float = 0.0,
+) -> bool:
+    """True when the candidate reaches min_accuracy and is not worse than the champion."""
+    import pandas as pd
+
+    from kfp_components.steps.validate import validate_candidate
+
+    decision = validate_candidate(run_id, pd.read_csv(holdout.path), label_column, mlflow_uri, model_name,
+                                  min_accuracy, tolerance)
+    return decision.accepted
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def register_model(run_id: str, mlflow_uri: str, model_name: str, run_tag: str = "") -> str:
+    """Register the candidate and point alias `champion` at it; returns the version."""
+    from kfp_components.steps.register import register_candidate
+
+    return register_candidate(run_id, mlflow_uri, model_name, run_tag)
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def deploy_model(
+    model_version: str,
+    model_name: str,
+    deploy_target: str = "local",
+    serving_url: str = "",
+    k8s_namespace: str = "mlops",
+    k8s_deployment: str = "ml-api",
+) -> str:
+    """Roll the new champion out to the serving app (see kfp_components.steps.deploy)."""
+    from kfp_components.steps.deploy import deploy
+
+    return deploy(deploy_target, model_name, model_version, serving_url, k8s_namespace, k8s_deployment)

@@ -1,0 +1,26 @@
+"""What became of a retrain: read back from MLflow, where the steps record their decisions, so that
+`make retrain`, the Airflow DAG and the e2e test learn the outcome the same way on every backend."""
+from __future__ import annotations
+
+
+def find_outcome(mlflow_uri: str, run_tag: str) -> dict:
+    """The training run tagged `retrain_run=run_tag`: its decision, reason and registered version."""
+    from kfp_components.steps.tracking import connect
+
+    client = connect(mlflow_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, filter_string=f"tags.retrain_run = '{run_tag}'",
+                              order_by=["attributes.start_time DESC"], max_results=1) if experiments else []
+    if not runs:
+        return {"run_tag": run_tag, "run_id": None, "decision": "unknown",
+                "reason": f"no MLflow run is tagged retrain_run={run_tag!r}", "registered_version": None}
+    run = runs[0]
+    tags = run.data.tags
+    return {
+        "run_tag": run_tag,
+        "run_id": run.info.run_id,
+        "decision": tags.get("validation_decision", "unknown"),
+        "reason": tags.get("validation_reason", ""),
+        "registered_version": tags.get("registered_version"),
+        "accuracy": run.data.metrics.get("accuracy"),
+    }

@@ -1,0 +1,68 @@
+"""The `ml-retrain-pipeline`: wiring only; the work is in the components."""
+
+from kfp import dsl
+
+from kfp_components.components import deploy_model, load_data, register_model, train_model, validate_model
+
+PIPELINE_NAME = "ml-retrain-pipeline"
+DEFAULT_MLFLOW_URI = "http://127.0.0.1:5000"
+DEFAULT_SERVING_URL = "http://127.0.0.1:8000"
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description="Load data, train, validate against the champion, register in MLflow and deploy")
+def retrain_pipeline(
+    data_uri: str = "",
+    label_column: str = "target",
+    feedback_url: str = "",
+    mlflow_uri: str = DEFAULT_MLFLOW_URI,
+    experiment_name: str = "retrain",
+    model_name: str = "iris-model",
+    min_accuracy: float = 0.9,
+    tolerance: float = 0.0,
+    n_estimators: int = 100,
+    max_depth: int = 0,
+    random_state: int = 42,
+    test_size: float = 0.2,
+    deploy_target: str = "local",
+    serving_url: str = DEFAULT_SERVING_URL,
+    k8s_namespace: str = "mlops",
+    k8s_deployment: str = "ml-api",
+    run_tag: str = "",
+):
+    data = load_data(data_uri=data_uri, label_column=label_column, feedback_url=feedback_url)
+    data.set_caching_options(False)
+    train = train_model(
+        dataset=data.outputs["dataset"],
+        mlflow_uri=mlflow_uri,
+        experiment_name=experiment_name,
+        label_column=label_column,
+        n_estimators=n_estimators,
+        max_depth=max_depth,
+        random_state=random_state,
+        test_size=test_size,
+        run_tag=run_tag,
+    )
+    train.set_caching_options(False)
+    validate = validate_model(
+        run_id=train.outputs["Output"],
+        holdout=train.outputs["holdout"],
+        mlflow_uri=mlflow_uri,
+        model_name=model_name,
+        label_column=label_column,
+        min_accuracy=min_accuracy,
+        tolerance=tolerance,
+    )
+    validate.set_caching_options(False)
+    with dsl.If(validate.output == True):  # noqa: E712 - KFP needs the comparison to build the condition
+        register = register_model(run_id=train.outputs["Output"], mlflow_uri=mlflow_uri, model_name=model_name,
+                                  run_tag=run_tag)
+        register.set_caching_options(False)
+        deploy = deploy_model(
+            model_version=register.output,
+            model_name=model_name,
+            deploy_target=deploy_target,
+            serving_url=serving_url,
+            k8s_namespace=k8s_namespace,
+            k8s_deployment=k8s_deployment,
+        )
+        deploy.set_caching_options(False)

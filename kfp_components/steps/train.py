@@ -1,0 +1,164 @@
+"""Training a candidate and recording everything about it in one MLflow run: parameters, metrics,
+the model with its signature, the drift reference (training features), the held-out split, and an
+ONNX copy that serving may use when it predicts exactly like the sklearn model."""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+from sklearn.model_selection import train_test_split
+
+from kfp_components.steps.errors import StepError
+from kfp_components.steps.tracking import (
+    MODEL_ARTIFACT,
+    MODEL_URI_TAG,
+    ONNX_ARTIFACT,
+    REFERENCE_ARTIFACT,
+    SKOPS_TRUSTED_TYPES,
+    connect,
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    n_estimators: int = 100
+    max_depth: int = 0  # 0 means unlimited
+    random_state: int = 42
+    test_size: float = 0.2
+
+    def check(self) -> None:
+        if self.n_estimators < 1:
+            raise StepError(f"n_estimators={self.n_estimators}: must be at least 1")
+        if self.max_depth < 0:
+            raise StepError(f"max_depth={self.max_depth}: must be 0 (unlimited) or positive")
+        if not 0.05 <= self.test_size <= 0.5:
+            raise StepError(f"test_size={self.test_size}: must be between 0.05 and 0.5")
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    metrics: dict
+    holdout: pd.DataFrame
+    onnx_parity: bool
+
+
+def split(frame: pd.DataFrame, label_column: str, cfg: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stratified when every class has at least two rows, so the held-out set keeps the class mix."""
+    labels = frame[label_column]
+    stratify = labels if labels.value_counts().min() >= 2 else None
+    try:
+        return train_test_split(frame, test_size=cfg.test_size, random_state=cfg.random_state, stratify=stratify)
+    except ValueError:
+        return train_test_split(frame, test_size=cfg.test_size, random_state=cfg.random_state)
+
+
+def build_estimator(cfg: TrainConfig) -> RandomForestClassifier:
+    return RandomForestClassifier(
+        n_estimators=cfg.n_estimators,
+        max_depth=cfg.max_depth or None,
+        random_state=cfg.random_state,
+        n_jobs=1,
+    )
+
+
+def evaluate(model, features: pd.DataFrame, labels: pd.Series) -> dict:
+    predicted = model.predict(features)
+    metrics = {
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "f1_weighted": float(f1_score(labels, predicted, average="weighted", zero_division=0)),
+    }
+    classes = sorted(set(labels.tolist()) | set(predicted.tolist()), key=str)
+    precision, recall, f1, _ = precision_recall_fscore_support(labels, predicted, labels=classes, zero_division=0)
+    for cls, p, r, f in zip(classes, precision, recall, f1):
+        metrics[f"precision_class_{cls}"] = float(p)
+        metrics[f"recall_class_{cls}"] = float(r)
+        metrics[f"f1_class_{cls}"] = float(f)
+    return metrics
+
+
+def export_onnx(model, holdout_features: pd.DataFrame) -> bytes | None:
+    """The model as ONNX (float32 input named `input`, label and probability outputs), or None when
+    conversion fails or any held-out prediction differs from the sklearn model's."""
+    try:
+        import onnxruntime as ort
+        from skl2onnx import to_onnx
+
+        sample = holdout_features.to_numpy(dtype=np.float32)
+        onx = to_onnx(model, sample[:1], options={id(model): {"zipmap": False}}, target_opset=17)
+        payload = onx.SerializeToString()
+        session = ort.InferenceSession(payload, providers=["CPUExecutionProvider"])
+        onnx_labels = session.run(None, {session.get_inputs()[0].name: sample})[0]
+    except Exception as exc:  # conversion support varies by estimator: fall back to sklearn
+        print(f"ONNX export skipped: {exc}")
+        return None
+    expected = model.predict(holdout_features)
+    if not np.array_equal(np.asarray(onnx_labels).astype(str), np.asarray(expected).astype(str)):
+        print("ONNX export skipped: its predictions differ from the sklearn model on the held-out data")
+        return None
+    return payload
+
+
+def _pip_requirements() -> list[str]:
+    """Pinned explicitly: MLflow would otherwise load the model in a subprocess to infer them."""
+    import cloudpickle
+    import sklearn
+    import skops
+
+    return [f"scikit-learn=={sklearn.__version__}", f"numpy=={np.__version__}",
+            f"skops=={skops.__version__}", f"cloudpickle=={cloudpickle.__version__}"]
+
+
+def train_and_log(frame: pd.DataFrame, label_column: str, mlflow_uri: str, experiment_name: str,
+                  cfg: TrainConfig, run_tag: str = "", source: str = "") -> TrainResult:
+    cfg.check()
+    connect(mlflow_uri)
+    import mlflow
+    from mlflow.models import infer_signature
+
+    train, holdout = split(frame, label_column, cfg)
+    features = [c for c in frame.columns if c != label_column]
+    x_train, y_train = train[features], train[label_column]
+    x_hold, y_hold = holdout[features], holdout[label_column]
+
+    model = build_estimator(cfg).fit(x_train, y_train)
+    metrics = evaluate(model, x_hold, y_hold)
+    onnx_payload = export_onnx(model, x_hold)
+
+    mlflow.set_experiment(experiment_name)
+    tags = {"feature_names": json.dumps(features), "label_column": label_column,
+            "retrain_run": run_tag, "data_source": source or "bundled iris",
+            "onnx_parity": str(onnx_payload is not None).lower()}
+    with mlflow.start_run(run_name=run_tag or None, tags=tags) as run:
+        mlflow.log_params({**cfg.__dict__, "estimator": "RandomForestClassifier",
+                           "train_rows": len(train), "holdout_rows": len(holdout)})
+        mlflow.log_metrics(metrics)
+        logged = mlflow.sklearn.log_model(
+            model,
+            name=MODEL_ARTIFACT,
+            signature=infer_signature(x_train, model.predict(x_train)),
+            input_example=x_train.head(3),
+            pip_requirements=_pip_requirements(),
+            skops_trusted_types=SKOPS_TRUSTED_TYPES,
+        )
+        # MLflow 3 keeps the model as a LoggedModel outside the run's artifacts: record its URI.
+        mlflow.set_tag(MODEL_URI_TAG, logged.model_uri)
+        with tempfile.TemporaryDirectory() as tmp:
+            reference = Path(tmp) / Path(REFERENCE_ARTIFACT).name
+            x_train.to_csv(reference, index=False)
+            mlflow.log_artifact(str(reference), Path(REFERENCE_ARTIFACT).parent.as_posix())
+            holdout_path = Path(tmp) / "holdout.csv"
+            holdout.to_csv(holdout_path, index=False)
+            mlflow.log_artifact(str(holdout_path), "eval")
+            if onnx_payload is not None:
+                onnx_path = Path(tmp) / Path(ONNX_ARTIFACT).name
+                onnx_path.write_bytes(onnx_payload)
+                mlflow.log_artifact(str(onnx_path), Path(ONNX_ARTIFACT).parent.as_posix())
+        run_id = run.info.run_id
+    return TrainResult(run_id=run_id, metrics=metrics, holdout=holdout, onnx_parity=onnx_payload is not None)

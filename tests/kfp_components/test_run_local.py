@@ -1,0 +1,104 @@
+"""The compiled pipeline on KFP's real local runner against a real MLflow server."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sklearn.datasets import load_wine
+
+from kfp_components.steps.train import TrainConfig, train_and_log
+from kfp_components.steps.validate import validate_candidate
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = "pipeline-iris"
+
+
+def champion(client, name):
+    return client.get_model_version_by_alias(name, "champion")
+
+
+@pytest.fixture(scope="module")
+def first_run(request):
+    """Shared by the tests below: the first full run of the pipeline for MODEL."""
+    return {}
+
+
+def test_full_run_registers_version_1_as_champion(run_pipeline, mlflow_client, first_run):
+    code, outcome, output = run_pipeline(model_name=MODEL, run_tag="it-full")
+    assert code == 0, output[-3000:]
+    assert outcome["decision"] == "accepted" and outcome["registered_version"] == "1", outcome
+    version = champion(mlflow_client, MODEL)
+    assert version.version == "1" and version.tags["retrain_run"] == "it-full"
+    run = mlflow_client.get_run(outcome["run_id"])
+    assert json.loads(run.data.tags["feature_names"]) == ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    artifacts = {a.path for a in mlflow_client.list_artifacts(outcome["run_id"], "drift")}
+    assert artifacts == {"drift/reference.csv"}
+    assert run.data.tags["onnx_parity"] == "true"
+    assert {"accuracy", "f1_weighted", "f1_class_0"} <= set(run.data.metrics)
+    assert "registered_version" in run.data.tags
+    first_run["run_id"] = outcome["run_id"]
+
+
+def test_impossible_threshold_registers_nothing(run_pipeline, mlflow_client, first_run):
+    if "run_id" not in first_run:
+        pytest.skip("needs the first full run")
+    code, outcome, output = run_pipeline(model_name=MODEL, min_accuracy=1.01, run_tag="it-strict")
+    assert code == 0, output[-3000:]
+    assert outcome["decision"] == "rejected" and "below min_accuracy 1.0100" in outcome["reason"]
+    assert outcome["registered_version"] is None
+    assert champion(mlflow_client, MODEL).version == "1"
+    assert len(mlflow_client.search_model_versions(f"name='{MODEL}'")) == 1
+
+
+def test_candidate_worse_than_champion_is_rejected(mlflow_server, mlflow_client, first_run):
+    if "run_id" not in first_run:
+        pytest.skip("needs the first full run")
+    frame = pd.read_csv(REPO / "kfp_components" / "data" / "iris.csv")
+    stump = train_and_log(frame, "target", mlflow_server, "retrain", TrainConfig(n_estimators=1, max_depth=1),
+                          run_tag="it-stump")
+    decision = validate_candidate(stump.run_id, stump.holdout, "target", mlflow_server, MODEL, min_accuracy=0.0)
+    assert not decision.accepted
+    assert "worse than champion version 1" in decision.reason
+    assert mlflow_client.get_run(stump.run_id).data.tags["validation_decision"] == "rejected"
+    assert champion(mlflow_client, MODEL).version == "1"
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"data_uri": "/no/such/file.csv"}, "data_uri '/no/such/file.csv': file not found"),
+    ({"mlflow_uri": "http://127.0.0.1:9"}, "MLflow tracking server at http://127.0.0.1:9 is not reachable"),
+])
+def test_bad_input_fails_with_its_message_and_keeps_the_champion(run_pipeline, mlflow_client, first_run, params, message):
+    code, outcome, output = run_pipeline(model_name=MODEL, **params)
+    assert code == 1, output[-3000:]
+    assert outcome["state"] == "FAILED" and message in outcome["error"]
+    if "run_id" in first_run:
+        assert champion(mlflow_client, MODEL).version == "1"
+
+
+def test_bad_parameter_is_refused_before_running(mlflow_server):
+    proc = subprocess.run([os.sys.executable, "-m", "kfp_components.run_local", "--param", "min_accuracy=high"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and "parameter min_accuracy='high': not a number" in proc.stderr
+    proc = subprocess.run([os.sys.executable, "-m", "kfp_components.run_local", "--param", "colour=red"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and "--param colour: unknown parameter" in proc.stderr
+
+
+def test_make_retrain_with_another_dataset(mlflow_server, mlflow_client, tmp_path):
+    """Nothing assumes iris: 13 wine features, another model name, no deployment."""
+    wine = load_wine(as_frame=True).frame
+    data = tmp_path / "wine.csv"
+    wine.to_csv(data, index=False)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "STACK_DIR": str(tmp_path / "stack")}
+    proc = subprocess.run(["make", "retrain", f"DATA_URI={data}", "MODEL_NAME=other-model", "DEPLOY_TARGET=none",
+                           "MIN_ACCURACY=0.8"], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "registered other-model version 1 as champion" in proc.stdout
+    version = champion(mlflow_client, "other-model")
+    from mlflow.models import get_model_info
+
+    info = get_model_info(f"models:/other-model/{version.version}")
+    assert [c.name for c in info.signature.inputs.inputs] == list(wine.columns[:-1])
+    assert len(info.signature.inputs.inputs) == 13
