@@ -1,0 +1,46 @@
+"""Failure alerts for the drift_retrain DAG: one clear log line, plus an optional webhook.
+
+``failure_alert`` is an Airflow ``on_failure_callback``. It always logs a single line that starts with
+``ALERT`` (easy to grep, to ship to a log-based alerting rule, or to read in the task log). When the
+environment variable ``DRIFT_RETRAIN_ALERT_CONN_ID`` names an Airflow HTTP connection (a Slack or
+Teams incoming webhook, an Alertmanager/webhook relay, ...), the same text is POSTed there as
+``{"text": "..."}``. The callback never raises: an alerting problem must not hide the original failure.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+log = logging.getLogger("airflow_kfp_provider.alerts")
+
+ALERT_CONN_ENV = "DRIFT_RETRAIN_ALERT_CONN_ID"
+
+
+def alert_text(context: dict[str, Any]) -> str:
+    ti = context.get("ti") or context.get("task_instance")
+    dag_id = getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", "?")
+    task_id = getattr(ti, "task_id", None) or "?"
+    run_id = context.get("run_id") or getattr(ti, "run_id", "?")
+    error = context.get("exception") or context.get("reason") or "unknown error"
+    error = " ".join(str(error).split())[:800]
+    return f"ALERT dag={dag_id} task={task_id} run={run_id} failed: {error}"
+
+
+def failure_alert(context: dict[str, Any]) -> None:
+    try:
+        text = alert_text(context)
+    except Exception as exc:  # never let the callback fail
+        text = f"ALERT a drift_retrain task failed (could not describe it: {exc})"
+    log.error(text)
+    conn_id = os.environ.get(ALERT_CONN_ENV)
+    if not conn_id:
+        return
+    try:
+        from airflow.providers.http.hooks.http import HttpHook
+
+        HttpHook(method="POST", http_conn_id=conn_id).run(
+            json={"text": text}, extra_options={"timeout": 10, "check_response": True}
+        )
+    except Exception as exc:
+        log.warning("Could not send the alert to connection %r: %s", conn_id, exc)

@@ -1,0 +1,25 @@
+"""tests/dags share the Airflow test environment of tests/airflow_kfp_provider (AIRFLOW_HOME, DB)."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+_HELPERS = Path(__file__).resolve().parents[1] / "airflow_kfp_provider"
+
+
+def _load(name: str):
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, _HELPERS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+airflow_testenv = _load("airflow_testenv")  # before anything imports airflow
+if str(_HELPERS) not in sys.path:
+    sys.path.insert(0, str(_HELPERS))
+
+from kfp_test_fixtures import *  # noqa: E402,F401,F403  (shared: fake servers, runner, tiny pipeline)
