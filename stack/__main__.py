@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="start the embedded stack and wait until it is healthy")
-    run.add_argument("--only", choices=["mlflow"], help="start only this part")
+    run.add_argument("--only", metavar="PARTS", help="comma-separated parts to start (mlflow, serving, airflow)")
     sub.add_parser("stop", help="stop every process of the stack")
     sub.add_parser("status", help="show each part's health")
     retrain = sub.add_parser("retrain", help="run the compiled pipeline once on the embedded runner")

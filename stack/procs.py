@@ -87,7 +87,7 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def stop_group(pgid: int, grace: float = 15.0) -> bool:
+def stop_group(pgid: int, grace: float = 10.0) -> bool:
     """SIGTERM the whole process group, then SIGKILL whatever is left after `grace` seconds.
 
     Returns True when something was running.

@@ -1,0 +1,108 @@
+"""What the embedded stack runs: one spec per long-running process, with its command, environment,
+port and health check. Airflow runs as its four separate processes (api-server, scheduler,
+dag-processor, triggerer) with the LocalExecutor and SQLite, everything bound to 127.0.0.1."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stack.config import REPO_ROOT, StackConfig, write_secret_file
+from stack.mlflow_server import mlflow_command
+
+# Every process of the stack carries this variable, so `stop` can find stragglers that left their
+# process group (a detached pipeline run, a re-parented worker) by reading /proc/<pid>/environ.
+STACK_MARKER = "DRIFTLOOP_STACK_DIR"
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    command: list[str]
+    env: dict = field(default_factory=dict)
+    port: int | None = None
+    health_url: str | None = None
+    start_timeout: float = 180.0
+
+
+def venv_bin(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def serving_env(cfg: StackConfig, secrets: dict) -> dict:
+    return {
+        "MLFLOW_TRACKING_URI": cfg.mlflow_url,
+        "MODEL_NAME": cfg.model_name,
+        "SERVING_ADMIN_TOKEN": secrets["SERVING_ADMIN_TOKEN"],
+        "SERVING_STATE_DIR": str(cfg.root / "serving"),
+        "SERVING_HOST": cfg.host,
+        "SERVING_PORT": str(cfg.serving_port),
+        "GUNICORN_BIND": f"{cfg.host}:{cfg.serving_port}",
+        "GUNICORN_WORKERS": str(cfg.serving_workers),
+        "SERVING_WORKERS": str(cfg.serving_workers),
+        "PROMETHEUS_MULTIPROC_DIR": str(cfg.root / "serving" / "prometheus"),
+    }
+
+
+def airflow_env(cfg: StackConfig, secrets: dict) -> dict:
+    home = cfg.root / "airflow"
+    passwords = home / "simple_auth_manager_passwords.json"
+    if not passwords.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(passwords, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump({secrets["AIRFLOW_USER"]: secrets["AIRFLOW_PASSWORD"]}, handle)
+    serving_extra = json.dumps({"admin_token": secrets["SERVING_ADMIN_TOKEN"]})
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__FERNET_KEY": secrets["AIRFLOW_FERNET_KEY"],
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{secrets['AIRFLOW_USER']}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{cfg.airflow_url}/execution/",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__API__HOST": cfg.host,
+        "AIRFLOW__API__PORT": str(cfg.airflow_port),
+        "AIRFLOW__API__BASE_URL": cfg.airflow_url,
+        "AIRFLOW__API__SECRET_KEY": secrets["AIRFLOW_API_SECRET_KEY"],
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets["AIRFLOW_JWT_SECRET"],
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(cfg.logs / "airflow"),
+        "AIRFLOW__SCHEDULER__STANDALONE_DAG_PROCESSOR": "True",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        # Connections of the drift_retrain DAG (see docs/airflow.md)
+        "AIRFLOW_CONN_SERVING_DEFAULT": json.dumps({"conn_type": "http", "host": cfg.host, "port": cfg.serving_port,
+                                                "schema": "http", "extra": serving_extra}),
+        "AIRFLOW_CONN_KFP_DEFAULT": json.dumps({"conn_type": "kfp", "extra": {
+            "backend": "local", "runs_dir": str(cfg.root / "kfp-runs"),
+            "pipeline_root": str(cfg.root / "kfp-local")}}),
+        "DRIFT_RETRAIN_MLFLOW_URI": cfg.mlflow_url,
+        "DRIFT_RETRAIN_SERVING_URL": cfg.serving_url,
+        "MLFLOW_TRACKING_URI": cfg.mlflow_url,
+        "SERVING_ADMIN_TOKEN": secrets["SERVING_ADMIN_TOKEN"],
+        "NO_PROXY": "*",
+    }
+
+
+def service_specs(cfg: StackConfig, secrets: dict) -> list[ServiceSpec]:
+    marker = {STACK_MARKER: str(cfg.root), "PYTHONUNBUFFERED": "1"}
+    airflow = {**airflow_env(cfg, secrets), **marker}
+    airflow_bin = venv_bin("airflow")
+    return [
+        ServiceSpec("mlflow", mlflow_command(cfg.root / "mlflow", cfg.host, cfg.mlflow_port), marker,
+                    cfg.mlflow_port, f"{cfg.mlflow_url}/health"),
+        ServiceSpec("serving", [venv_bin("gunicorn"), "-c", str(REPO_ROOT / "serving" / "gunicorn.conf.py"),
+                                "serving.app:create_app()"],
+                    {**serving_env(cfg, secrets), **marker}, cfg.serving_port, f"{cfg.serving_url}/health"),
+        ServiceSpec("airflow-api-server", [airflow_bin, "api-server", "--host", cfg.host, "--port", str(cfg.airflow_port),
+                                           "--workers", "1"],
+                    airflow, cfg.airflow_port, f"{cfg.airflow_url}/api/v2/monitor/health", 240),
+        ServiceSpec("airflow-scheduler", [airflow_bin, "scheduler"], airflow),
+        ServiceSpec("airflow-dag-processor", [airflow_bin, "dag-processor"], airflow),
+        ServiceSpec("airflow-triggerer", [airflow_bin, "triggerer"], airflow),
+    ]
