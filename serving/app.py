@@ -1,0 +1,79 @@
+"""The serving app factory.
+
+    gunicorn -c serving/gunicorn.conf.py 'serving.app:create_app()'
+
+`create_app(config=None)` reads the environment (see serving/config.py and docs/serving.md);
+`config` (a mapping with the environment variables' names, or a ServingConfig) overrides it.
+Each gunicorn worker builds its own app and loads the champion at start; the drift window, the
+served-version record and the feedback rows live in the shared SQLite store.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Mapping
+
+from flask import Flask, g, request
+
+from serving import metrics
+from serving.blueprints import ALL as BLUEPRINTS
+from serving.config import ServingConfig
+from serving.http import ServingContext, register_error_handlers
+from serving.manager import ModelManager
+from serving.model import MlflowModelLoader
+from serving.store import SQLiteStore
+
+log = logging.getLogger("serving")
+
+
+def create_app(config: ServingConfig | Mapping[str, Any] | None = None) -> Flask:
+    cfg = config if isinstance(config, ServingConfig) else ServingConfig.from_env(config)
+    app = Flask("serving")
+    app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
+    app.config["SERVING"] = cfg
+
+    store = SQLiteStore(cfg.resolved_db_path, cfg.drift_window_size)
+    loader = MlflowModelLoader(cfg.mlflow_tracking_uri, cfg.model_name, cfg.model_alias, cfg.predict_backend)
+    manager = ModelManager(store, loader, retry_seconds=cfg.load_retry_seconds)
+    app.extensions["serving"] = ServingContext(cfg, store, manager)
+
+    register_error_handlers(app)
+    for bp in BLUEPRINTS:
+        app.register_blueprint(bp)
+    _install_request_metrics(app)
+
+    manager.startup()
+    if manager.active is not None:
+        metrics.MODEL_LOADED.set(1)
+        m = manager.active.model
+        log.info("serving %s version %s (%s backend)", m.name, m.version, m.backend)
+    else:
+        log.warning("no model loaded at start-up: %s", manager.load_error.message if manager.load_error else "?")
+    return app
+
+
+def _install_request_metrics(app: Flask) -> None:
+    children: dict[tuple, tuple] = {}
+    perf = time.perf_counter
+
+    @app.before_request
+    def _start_timer():
+        g._t0 = perf()
+
+    @app.after_request
+    def _observe(response):
+        t0 = g.get("_t0")
+        if t0 is None:
+            return response
+        rule = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        key = (request.method, rule, response.status_code)
+        pair = children.get(key)
+        if pair is None:
+            pair = (metrics.REQUESTS.labels(request.method, rule, str(response.status_code)),
+                    metrics.LATENCY.labels(request.method, rule))
+            children[key] = pair
+        pair[0].inc()
+        pair[1].observe(perf() - t0)
+        response.headers["X-Serving-Worker"] = str(os.getpid())  # which worker answered (debugging, tests)
+        return response

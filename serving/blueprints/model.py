@@ -1,0 +1,101 @@
+"""/health, /model/info, /model/reload and the hot path /predict."""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+
+from flask import Blueprint, request
+
+from serving import metrics
+from serving.http import ApiError, ctx, json_response, require_admin, require_model
+from serving.inputs import check_content_type, parse_json_object, parse_rows
+from serving.model import ModelLoadError
+
+log = logging.getLogger("serving")
+bp = Blueprint("model", __name__)
+
+
+def _reload_info(c) -> dict | None:
+    last = c.manager.last_reload()
+    if last is None:
+        return None
+    return {"ok": last.ok, "version": last.version, "message": last.message,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last.at))}
+
+
+@bp.get("/health")
+def health():
+    c = ctx()
+    active = c.manager.sync()
+    load_error = c.manager.error_info()
+    last_reload = _reload_info(c)
+    body = {"model_name": c.config.model_name, "load_error": load_error, "last_reload": last_reload}
+    if active is None:
+        reason = load_error["message"] if load_error else "no model loaded yet"
+        body.update(status="not ready", ready=False, model_version=None, backend=None, reason=reason)
+        return json_response(body, 503)
+    degraded = load_error is not None or (last_reload is not None and not last_reload["ok"])
+    body.update(status="degraded" if degraded else "ok", ready=True, model_version=active.model.version,
+                backend=active.model.backend)
+    if degraded:
+        body["reason"] = ("the last model load failed; the previous model keeps serving: "
+                          + ((load_error or {}).get("message") or (last_reload or {}).get("message") or ""))
+    return json_response(body)
+
+
+@bp.get("/health/live")
+def liveness():
+    return json_response({"status": "alive"})
+
+
+@bp.get("/model/info")
+def model_info():
+    c = ctx()
+    active = require_model()
+    m = active.model
+    return json_response({
+        "name": m.name, "version": m.version, "alias": m.alias, "run_id": m.run_id,
+        "feature_names": list(m.feature_names), "n_features": m.n_features, "loaded_at": m.loaded_at,
+        "backend": m.backend, "backend_note": m.backend_note, "reference_samples": int(len(m.reference)),
+        "window_started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(active.epoch_started_at)),
+        "load_error": c.manager.error_info(), "last_reload": _reload_info(c),
+    })
+
+
+@bp.post("/model/reload")
+@require_admin
+def model_reload():
+    c = ctx()
+    try:
+        result = c.manager.reload()
+    except ModelLoadError:
+        metrics.RELOADS.labels("failed").inc()
+        raise
+    metrics.RELOADS.labels("ok").inc()
+    log.info("reload: %s version %s (changed=%s)", result["name"], result["version"], result["changed"])
+    return json_response(result)
+
+
+@bp.post("/predict")
+def predict():
+    c = ctx()
+    check_content_type(request.content_type)
+    data = parse_json_object(request.get_data(cache=False))
+    active = require_model()
+    model = active.model
+    X, batch = parse_rows(data, model.n_features, c.config.max_batch)
+    predictions = model.predict(X)
+    try:
+        c.store.add_rows(active.epoch, X)
+    except sqlite3.Error as exc:  # the answer matters more than the window: log and count
+        log.warning("drift window insert failed: %s", exc)
+        metrics.INPUT_ERRORS.labels("window_store").inc()
+    metrics.PREDICTED_ROWS.labels(model.version, model.backend).inc(len(predictions))
+    body = {"model_name": model.name, "model_version": model.version, "backend": model.backend}
+    if batch:
+        body["predictions"] = predictions
+        body["count"] = len(predictions)
+    else:
+        body["prediction"] = predictions[0]
+    return json_response(body)

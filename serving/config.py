@@ -1,0 +1,122 @@
+"""Configuration of the serving app: environment variables, overridable by a mapping.
+
+Every setting has an environment variable (the seed's names kept where they exist) and a default for
+the embedded stack. `create_app(config)` accepts a mapping with the same keys as the environment
+variables; a key in that mapping wins over the environment.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+CORRECTIONS = ("bonferroni", "bh", "none")
+BACKENDS = ("auto", "onnx", "sklearn")
+
+
+class ConfigError(ValueError):
+    """A setting has a value the app cannot work with."""
+
+
+def _parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    # where the model comes from
+    mlflow_tracking_uri: str = field(default="http://127.0.0.1:5000", metadata={"env": "MLFLOW_TRACKING_URI"})
+    model_name: str = field(default="iris-model", metadata={"env": "MODEL_NAME"})
+    model_alias: str = field(default="champion", metadata={"env": "MODEL_ALIAS"})
+    predict_backend: str = field(default="auto", metadata={"env": "SERVING_PREDICT_BACKEND"})
+    # drift detection
+    drift_threshold: float = field(default=0.05, metadata={"env": "DRIFT_THRESHOLD"})
+    drift_window_size: int = field(default=100, metadata={"env": "DRIFT_WINDOW_SIZE"})
+    drift_min_samples: int = field(default=0, metadata={"env": "DRIFT_MIN_SAMPLES"})  # 0 = window size
+    drift_correction: str = field(default="bonferroni", metadata={"env": "DRIFT_CORRECTION"})
+    # state shared by all workers and restarts
+    state_dir: str = field(default=".stack/serving", metadata={"env": "SERVING_STATE_DIR"})
+    db_path: str = field(default="", metadata={"env": "SERVING_DB_PATH"})  # "" = <state_dir>/serving.sqlite3
+    # admin
+    admin_token: str = field(default="", metadata={"env": "SERVING_ADMIN_TOKEN"})
+    # input limits
+    max_batch: int = field(default=1000, metadata={"env": "SERVING_MAX_BATCH"})
+    max_body_bytes: int = field(default=1_048_576, metadata={"env": "SERVING_MAX_BODY_BYTES"})
+    # retries of a failed start-up load (seconds between attempts; 0 = no background retry)
+    load_retry_seconds: float = field(default=15.0, metadata={"env": "SERVING_LOAD_RETRY_SECONDS"})
+    # how often a worker re-reads the shared 'served version' record even without a change signal
+    sync_interval_seconds: float = field(default=0.0, metadata={"env": "SERVING_SYNC_INTERVAL_SECONDS"})
+    # follow the registry alias without a reload call (seconds between checks; 0 = off)
+    follow_alias_seconds: float = field(default=0.0, metadata={"env": "SERVING_FOLLOW_ALIAS_SECONDS"})
+
+    @property
+    def resolved_db_path(self) -> Path:
+        if self.db_path:
+            return Path(self.db_path)
+        return Path(self.state_dir) / "serving.sqlite3"
+
+    @property
+    def effective_min_samples(self) -> int:
+        return self.drift_min_samples or self.drift_window_size
+
+    @classmethod
+    def env_names(cls) -> dict[str, str]:
+        return {f.metadata["env"]: f.name for f in fields(cls)}
+
+    @classmethod
+    def from_env(cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "ServingConfig":
+        """Build the config from the environment, then `overrides` (keys: env names or field names)."""
+        environ = os.environ if environ is None else environ
+        by_field = {f.name: f for f in fields(cls)}
+        env_to_field = cls.env_names()
+        raw: dict[str, Any] = {}
+        for env_name, field_name in env_to_field.items():
+            if env_name in environ:
+                raw[field_name] = environ[env_name]
+        for key, value in (overrides or {}).items():
+            name = env_to_field.get(key, key)
+            if name not in by_field:
+                raise ConfigError(f"unknown setting {key!r}")
+            raw[name] = value
+        values: dict[str, Any] = {}
+        for name, value in raw.items():
+            f = by_field[name]
+            env_name = f.metadata["env"]
+            try:
+                if f.type in ("int", int):
+                    values[name] = int(value)
+                elif f.type in ("float", float):
+                    values[name] = float(value)
+                elif f.type in ("bool", bool):
+                    values[name] = value if isinstance(value, bool) else _parse_bool(str(value))
+                else:
+                    values[name] = str(value)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{env_name}={value!r} is not a valid {f.type}") from exc
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if not 0.0 < self.drift_threshold < 1.0:
+            raise ConfigError(f"DRIFT_THRESHOLD must be in (0, 1), got {self.drift_threshold}")
+        if self.drift_window_size < 2:
+            raise ConfigError(f"DRIFT_WINDOW_SIZE must be >= 2, got {self.drift_window_size}")
+        if self.drift_min_samples < 0 or self.drift_min_samples > self.drift_window_size:
+            raise ConfigError("DRIFT_MIN_SAMPLES must be between 0 (= window size) and DRIFT_WINDOW_SIZE")
+        if self.drift_correction.lower() not in CORRECTIONS:
+            raise ConfigError(f"DRIFT_CORRECTION must be one of {', '.join(CORRECTIONS)}, got {self.drift_correction!r}")
+        if self.predict_backend.lower() not in BACKENDS:
+            raise ConfigError(f"SERVING_PREDICT_BACKEND must be one of {', '.join(BACKENDS)}")
+        if self.max_batch < 1:
+            raise ConfigError("SERVING_MAX_BATCH must be >= 1")
+        if self.max_body_bytes < 64:
+            raise ConfigError("SERVING_MAX_BODY_BYTES must be >= 64")
+        if not self.model_name:
+            raise ConfigError("MODEL_NAME must not be empty")

@@ -1,0 +1,181 @@
+"""Which model a worker serves, and how all workers agree on it. No Flask here.
+
+The shared store holds one 'served' record per model name: version, drift-window epoch and a
+generation counter. Every request starts with `sync()`, one indexed SELECT of the generation: when
+it differs from what this worker last saw, the worker reads the record and, if the version changed,
+loads that version before answering. So after `POST /model/reload` returns on one worker, the next
+request on any worker is answered by the new version, and no request is dropped: the swap is one
+attribute assignment and a request keeps the `Active` object it started with.
+
+If a load fails the worker keeps the model it has, remembers the error (shown by /health and
+/model/info) and retries at most every `retry_seconds`, also when it has no model at all yet.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from serving.model import LoadedModel, MlflowModelLoader, ModelLoadError
+from serving.store import ReloadOutcome, SQLiteStore
+
+log = logging.getLogger("serving.manager")
+
+
+@dataclass(frozen=True)
+class Active:
+    model: LoadedModel
+    epoch: int
+    epoch_started_at: float
+
+
+class ModelManager:
+    def __init__(self, store: SQLiteStore, loader: MlflowModelLoader, retry_seconds: float = 15.0):
+        self.store = store
+        self.loader = loader
+        self.name = loader.model_name
+        self.retry_seconds = retry_seconds
+        self.active: Active | None = None
+        self.load_error: ModelLoadError | None = None
+        self.load_error_at: float | None = None
+        self._seen_generation: int | None = None
+        self._next_retry = 0.0
+        self._behind_flag = False
+        self._lock = threading.RLock()
+
+    # -- per request -----------------------------------------------------------------------------
+    def sync(self) -> Active | None:
+        """Follow the shared served record; one cheap SELECT unless something changed."""
+        generation = self.store.generation(self.name)
+        if generation is not None and generation == self._seen_generation and not self._behind:
+            return self.active
+        if generation == self._seen_generation and time.monotonic() < self._next_retry:
+            return self.active  # not ready or behind, and the next retry is not due yet
+        with self._lock:
+            self._sync_locked()
+        return self.active
+
+    @property
+    def _behind(self) -> bool:
+        return self._behind_flag or self.active is None
+
+    def _sync_locked(self) -> None:
+        now = time.monotonic()
+        record = self.store.served(self.name)
+        if record is None:
+            # nobody serves anything yet (e.g. there was no champion at start-up): try the champion
+            if self.active is None and now >= self._next_retry:
+                self._try(self._adopt_champion)
+            return
+        active = self.active
+        if active is not None and active.model.version == record.version:
+            if active.epoch != record.epoch:
+                self.active = Active(active.model, record.epoch, record.epoch_started_at)
+            self._seen_generation = record.generation
+            self._behind_flag = False
+            return
+        if record.generation == self._seen_generation and now < self._next_retry:
+            return
+        self._seen_generation = record.generation
+        try:
+            model = self.loader.load(record.version)
+        except ModelLoadError as exc:
+            self._behind_flag = True
+            self._fail(exc)
+            return
+        self.active = Active(model, record.epoch, record.epoch_started_at)
+        self._behind_flag = False
+        self._clear_error()
+        log.info("worker follows %s version %s (epoch %s)", self.name, record.version, record.epoch)
+
+    # -- start-up --------------------------------------------------------------------------------
+    def startup(self) -> None:
+        """Load the champion; if that fails, the version the app served before (if any)."""
+        with self._lock:
+            if self._try(self._adopt_champion):
+                return
+            record = self.store.served(self.name)
+            if record is not None and self.load_error is not None and self.load_error.kind != "no_champion":
+                first_error = self.load_error
+                try:
+                    model = self.loader.load(record.version)
+                except ModelLoadError:
+                    return
+                self.active = Active(model, record.epoch, record.epoch_started_at)
+                self._seen_generation = record.generation
+                self.load_error = first_error  # keep saying the champion could not be loaded
+                log.warning("champion not loadable (%s); serving the previous version %s", first_error, record.version)
+
+    def _adopt_champion(self) -> None:
+        model = self.loader.load()
+        record, _ = self.store.activate(self.name, model.version, model.run_id)
+        self.active = Active(model, record.epoch, record.epoch_started_at)
+        self._seen_generation = record.generation
+        self._behind_flag = False
+        last = self.store.last_reload(self.name)
+        if last is not None and not last.ok:
+            self.store.record_reload(self.name, True, model.version, None)
+
+    def _try(self, action) -> bool:
+        try:
+            action()
+        except ModelLoadError as exc:
+            self._fail(exc)
+            return False
+        self._clear_error()
+        return True
+
+    def _fail(self, exc: ModelLoadError) -> None:
+        self.load_error = exc
+        self.load_error_at = time.time()
+        self._next_retry = time.monotonic() + self.retry_seconds
+        log.warning("model load failed: %s", exc.message)
+
+    def _clear_error(self) -> None:
+        self.load_error = None
+        self.load_error_at = None
+
+    # -- admin reload ----------------------------------------------------------------------------
+    def reload(self) -> dict:
+        """Move the app to the current alias target. Raises ModelLoadError (the old model stays)."""
+        with self._lock:
+            previous = self.active
+            try:
+                version, run_id = self.loader.resolve()
+                if previous is not None and previous.model.version == version:
+                    model = previous.model
+                else:
+                    model = self.loader.load(version)
+            except ModelLoadError as exc:
+                self.store.record_reload(self.name, False, exc.version, exc.message)
+                raise
+            record, restarted = self.store.activate(self.name, model.version, model.run_id)
+            self.active = Active(model, record.epoch, record.epoch_started_at)
+            self._seen_generation = record.generation
+            self._clear_error()
+            self.store.record_reload(self.name, True, model.version, None)
+        return {
+            "status": "reloaded",
+            "name": self.name,
+            "version": model.version,
+            "previous_version": previous.model.version if previous else None,
+            "changed": previous is None or previous.model.version != model.version,
+            "run_id": model.run_id,
+            "alias": model.alias,
+            "backend": model.backend,
+            "loaded_at": model.loaded_at,
+            "window_restarted": restarted,
+            "generation": record.generation,
+        }
+
+    # -- status ------------------------------------------------------------------------------------
+    def last_reload(self) -> ReloadOutcome | None:
+        return self.store.last_reload(self.name)
+
+    def error_info(self) -> dict | None:
+        err = self.load_error
+        if err is None:
+            return None
+        return {"message": err.message, "kind": err.kind, "version": err.version,
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.load_error_at or time.time()))}

@@ -1,0 +1,42 @@
+"""Prometheus metrics, correct across gunicorn workers.
+
+Under gunicorn, `serving/gunicorn.conf.py` sets PROMETHEUS_MULTIPROC_DIR before prometheus_client is
+imported: every worker then writes its samples to memory-mapped files in that directory and
+`/metrics` (whichever worker answers) aggregates all of them. Without that variable (tests, a plain
+`flask run`) the default in-process registry is used.
+"""
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+REQUESTS = Counter("serving_http_requests_total", "HTTP requests answered", ["method", "endpoint", "status"])
+LATENCY = Histogram("serving_http_request_duration_seconds", "Time to answer an HTTP request",
+                    ["method", "endpoint"], buckets=LATENCY_BUCKETS)
+PREDICTED_ROWS = Counter("serving_predicted_rows_total", "Rows predicted", ["model_version", "backend"])
+INPUT_ERRORS = Counter("serving_input_errors_total", "Requests rejected for invalid input", ["endpoint"])
+FEEDBACK_ROWS = Counter("serving_feedback_rows_total", "Labelled feedback rows stored")
+RELOADS = Counter("serving_model_reloads_total", "Admin reload calls by outcome", ["outcome"])
+MODEL_LOADED = Gauge("serving_model_loaded", "1 while this worker serves a model (summed over live workers)",
+                     multiprocess_mode="livesum")
+# computed by the worker that answers the scrape, from the shared window
+DRIFT_SAMPLES = Gauge("serving_drift_window_samples", "Rows in the drift window", multiprocess_mode="mostrecent")
+DRIFT_DETECTED = Gauge("serving_drift_detected", "1 when the last drift check found drift",
+                       multiprocess_mode="mostrecent")
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+
+
+def render() -> tuple[bytes, str]:
+    if multiprocess_dir():
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

@@ -1,0 +1,264 @@
+"""Loading the served model from the MLflow registry. No Flask here.
+
+What the pipeline logs (docs/contracts.md): an sklearn model under `model`, `drift/reference.csv`
+(the training features, header = feature names), the run tag `feature_names` (JSON list) and, when
+its predictions equal the sklearn model's, `onnx/model.onnx` with the run tag `onnx_parity=true`.
+
+The fast path runs the ONNX artifact with onnxruntime on one intra-op thread (a one-row forest
+prediction costs microseconds instead of milliseconds with sklearn); without a verified ONNX
+artifact the sklearn model is loaded through `mlflow.sklearn`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+REFERENCE_ARTIFACT = "drift/reference.csv"
+ONNX_ARTIFACT = "onnx/model.onnx"
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded. kind: 'no_champion' | 'invalid' | 'unavailable'."""
+
+    def __init__(self, message: str, kind: str = "invalid", version: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.version = version
+
+
+class Predictor(Protocol):
+    backend: str
+
+    def predict(self, X: np.ndarray) -> list: ...
+
+
+class OnnxPredictor:
+    """onnxruntime session on one intra-op thread; feeds float32 or float64 as the graph wants."""
+
+    backend = "onnx"
+
+    def __init__(self, model_bytes: bytes, n_features: int):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+        inputs = self.session.get_inputs()
+        self.label_output = self.session.get_outputs()[0].name
+        self._per_column = None
+        if len(inputs) == 1:
+            self.input_name = inputs[0].name
+            self.dtype = np.float64 if inputs[0].type == "tensor(double)" else np.float32
+            shape = inputs[0].shape
+            width = shape[1] if len(shape) == 2 else None
+            if isinstance(width, int) and width != n_features:
+                raise ModelLoadError(f"the ONNX model takes {width} features, the run's feature names are {n_features}")
+        elif len(inputs) == n_features:  # one input per column
+            self._per_column = [(i.name, np.float64 if i.type == "tensor(double)" else np.float32) for i in inputs]
+        else:
+            raise ModelLoadError(f"the ONNX model has {len(inputs)} inputs for {n_features} features")
+
+    def predict(self, X: np.ndarray) -> list:
+        if self._per_column is None:
+            feed = {self.input_name: X.astype(self.dtype, copy=False)}
+        else:
+            feed = {name: X[:, [i]].astype(dtype) for i, (name, dtype) in enumerate(self._per_column)}
+        labels = self.session.run([self.label_output], feed)[0]
+        return np.asarray(labels).ravel().tolist()
+
+
+class SklearnPredictor:
+    backend = "sklearn"
+
+    def __init__(self, model: Any, feature_names: Sequence[str]):
+        self.model = model
+        fitted_names = getattr(model, "feature_names_in_", None)
+        self.columns = list(fitted_names) if fitted_names is not None else None
+        if self.columns is not None and list(self.columns) != list(feature_names):
+            raise ModelLoadError(f"the sklearn model was fitted on {self.columns}, the run says {list(feature_names)}")
+
+    def predict(self, X: np.ndarray) -> list:
+        if self.columns is not None:
+            import pandas as pd
+
+            X = pd.DataFrame(X, columns=self.columns)
+        return np.asarray(self.model.predict(X)).ravel().tolist()
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    version: str
+    alias: str
+    run_id: str
+    feature_names: tuple[str, ...]
+    reference: np.ndarray = field(repr=False)
+    predictor: Predictor = field(repr=False)
+    loaded_at: str = ""
+    backend_note: str | None = None
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    @property
+    def backend(self) -> str:
+        return self.predictor.backend
+
+    def predict(self, X: np.ndarray) -> list:
+        return self.predictor.predict(X)
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _is_connection_problem(exc: BaseException) -> bool:
+    text = str(exc)
+    markers = ("Max retries exceeded", "Connection refused", "ConnectionError", "timed out",
+               "Failed to establish", "failed with exception", "Read timed out")
+    return any(m in text for m in markers)
+
+
+def _classify(exc: BaseException, what: str, version: str | None = None) -> ModelLoadError:
+    if isinstance(exc, ModelLoadError):
+        return exc
+    if _is_connection_problem(exc):
+        return ModelLoadError(f"MLflow is not reachable while {what}: {exc}", "unavailable", version)
+    return ModelLoadError(f"{what} failed: {exc}", "invalid", version)
+
+
+class MlflowModelLoader:
+    """Resolves `models:/<name>@<alias>` and loads a version with its feature names and reference."""
+
+    def __init__(self, tracking_uri: str, model_name: str, alias: str = "champion", backend: str = "auto"):
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
+        self.alias = alias
+        self.backend = backend.lower()
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def resolve(self) -> tuple[str, str]:
+        """(version, run_id) behind the alias; ModelLoadError('no_champion') when there is none."""
+        try:
+            mv = self.client.get_model_version_by_alias(self.model_name, self.alias)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if _is_connection_problem(exc):
+                raise ModelLoadError(f"MLflow at {self.tracking_uri} is not reachable: {exc}", "unavailable") from exc
+            raise ModelLoadError(
+                f"no version of registered model '{self.model_name}' has alias '{self.alias}' "
+                f"(MLflow at {self.tracking_uri}: {getattr(exc, 'message', exc)})", "no_champion") from exc
+        run_id = mv.run_id or (mv.tags or {}).get("run_id")
+        if not run_id:
+            raise ModelLoadError(f"{self.model_name} version {mv.version} has no run id", "invalid", str(mv.version))
+        return str(mv.version), run_id
+
+    def load(self, version: str | None = None) -> LoadedModel:
+        """Load `version` (the alias's version when None). Raises ModelLoadError."""
+        if version is None:
+            version, run_id = self.resolve()
+        else:
+            try:
+                mv = self.client.get_model_version(self.model_name, str(version))
+            except Exception as exc:  # noqa: BLE001
+                raise _classify(exc, f"looking up {self.model_name} version {version}", version) from exc
+            run_id = mv.run_id or (mv.tags or {}).get("run_id")
+            if not run_id:
+                raise ModelLoadError(f"{self.model_name} version {version} has no run id", "invalid", version)
+        try:
+            return self._load(version, run_id)
+        except Exception as exc:  # noqa: BLE001
+            raise _classify(exc, f"loading {self.model_name} version {version} (run {run_id})", version) from exc
+
+    def _load(self, version: str, run_id: str) -> LoadedModel:
+        import mlflow.artifacts
+
+        run = self.client.get_run(run_id)
+        tags = run.data.tags
+        with tempfile.TemporaryDirectory(prefix="serving-model-") as tmp:
+            try:
+                ref_path = mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp, tracking_uri=self.tracking_uri)
+            except Exception as exc:  # noqa: BLE001
+                if _is_connection_problem(exc):
+                    raise
+                raise ModelLoadError(f"run {run_id} has no readable {REFERENCE_ARTIFACT}: {exc}", "invalid", version) from exc
+            feature_names, reference = _read_reference(Path(ref_path))
+            if "feature_names" in tags:
+                try:
+                    tagged = json.loads(tags["feature_names"])
+                except ValueError as exc:
+                    raise ModelLoadError(f"run tag feature_names is not JSON: {exc}", "invalid", version) from exc
+                if list(tagged) != feature_names:
+                    raise ModelLoadError(f"run tag feature_names {tagged} differs from the reference header {feature_names}",
+                                         "invalid", version)
+            predictor, note = self._predictor(version, run_id, tags, feature_names, tmp)
+        # a model that cannot predict its own reference is not worth swapping to
+        try:
+            predictor.predict(reference[:2])
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(f"the {predictor.backend} model fails to predict: {exc}", "invalid", version) from exc
+        return LoadedModel(self.model_name, version, self.alias, run_id, tuple(feature_names), reference,
+                           predictor, _now_iso(), note)
+
+    def _predictor(self, version: str, run_id: str, tags: dict, feature_names: list[str], tmp: str):
+        import mlflow.artifacts
+
+        parity = str(tags.get("onnx_parity", "")).lower() == "true"
+        note = None
+        if self.backend == "onnx" or (self.backend == "auto" and parity):
+            try:
+                onnx_path = mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=ONNX_ARTIFACT, dst_path=os.path.join(tmp, "onnx"),
+                    tracking_uri=self.tracking_uri)
+                return OnnxPredictor(Path(onnx_path).read_bytes(), len(feature_names)), None
+            except Exception as exc:  # noqa: BLE001
+                if self.backend == "onnx" or _is_connection_problem(exc):
+                    raise
+                note = f"ONNX artifact unusable ({exc}); serving the sklearn model"
+        elif self.backend == "auto":
+            note = "run has no onnx_parity=true tag; serving the sklearn model"
+        import mlflow.sklearn
+
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{self.model_name}/{version}", dst_path=os.path.join(tmp, "model"),
+            tracking_uri=self.tracking_uri)
+        model = mlflow.sklearn.load_model(local)
+        return SklearnPredictor(model, feature_names), note
+
+
+def _read_reference(path: Path) -> tuple[list[str], np.ndarray]:
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"{REFERENCE_ARTIFACT} is not a readable CSV: {exc}") from exc
+    names = [str(c) for c in frame.columns]
+    if not names or len(frame) < 2:
+        raise ModelLoadError(f"{REFERENCE_ARTIFACT} needs a header and at least two rows")
+    try:
+        values = frame.to_numpy(dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{REFERENCE_ARTIFACT} has non-numeric values: {exc}") from exc
+    if not np.isfinite(values).all():
+        raise ModelLoadError(f"{REFERENCE_ARTIFACT} has missing or infinite values")
+    return names, values

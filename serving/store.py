@@ -1,0 +1,329 @@
+"""State shared by all workers of the serving app and kept across restarts.
+
+Three small interfaces, one embedded implementation (`SQLiteStore`, a SQLite file in WAL mode):
+
+- `ServedStateStore`: which model version the app serves (the 'desired version' record every worker
+  checks cheaply on each request), its drift-window epoch, a generation counter that changes on
+  every switch, and the outcome of the last reload attempt.
+- `WindowStore`: the drift window, rows of valid, predicted inputs tagged with the epoch (one epoch
+  per activation of a model version). A new epoch is a new, empty window.
+- `FeedbackStore`: labelled rows (features + true label) for retraining; kept across reloads.
+
+A server-backed store (PostgreSQL, Redis) can implement the same interfaces for several replicas.
+No Flask here.
+"""
+from __future__ import annotations
+
+import abc
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ServedRecord:
+    model_name: str
+    version: str
+    run_id: str | None
+    epoch: int
+    generation: int
+    activated_at: float
+    epoch_started_at: float
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    ok: bool
+    version: str | None
+    message: str | None
+    at: float
+
+
+class ServedStateStore(abc.ABC):
+    @abc.abstractmethod
+    def generation(self, model_name: str) -> int | None:
+        """The change counter of the served record (cheap; called on every request)."""
+
+    @abc.abstractmethod
+    def served(self, model_name: str) -> ServedRecord | None: ...
+
+    @abc.abstractmethod
+    def activate(self, model_name: str, version: str, run_id: str | None) -> tuple[ServedRecord, bool]:
+        """Make `version` the served one. Atomic; a new epoch (an empty window) only when the version
+        changes. Returns (record, whether a new epoch was started)."""
+
+    @abc.abstractmethod
+    def record_reload(self, model_name: str, ok: bool, version: str | None, message: str | None) -> None: ...
+
+    @abc.abstractmethod
+    def last_reload(self, model_name: str) -> ReloadOutcome | None: ...
+
+
+class WindowStore(abc.ABC):
+    @abc.abstractmethod
+    def add_rows(self, epoch: int, rows: np.ndarray) -> None: ...
+
+    @abc.abstractmethod
+    def window(self, epoch: int, size: int) -> np.ndarray:
+        """The last `size` rows of the epoch, oldest first, as a float64 array (n, k)."""
+
+    @abc.abstractmethod
+    def reset_window(self, epoch: int) -> int:
+        """Empty the window of the epoch; returns how many rows were dropped."""
+
+
+class FeedbackStore(abc.ABC):
+    @abc.abstractmethod
+    def add_feedback(self, model_name: str, model_version: str | None, rows: np.ndarray,
+                     labels: Sequence[int | str]) -> int: ...
+
+    @abc.abstractmethod
+    def iter_feedback(self, model_name: str) -> Iterator[tuple[list[float], int | str]]: ...
+
+    @abc.abstractmethod
+    def count_feedback(self, model_name: str) -> int: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS served (
+    model_name TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    run_id TEXT,
+    epoch INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
+    activated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model_name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    started_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS window_rows (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    epoch INTEGER NOT NULL,
+    x BLOB NOT NULL
+);
+-- no secondary index on purpose: an insert then writes one b-tree page, and the window queries walk
+-- the rowid b-tree backwards (old epochs are deleted when a new one starts)
+CREATE TABLE IF NOT EXISTS reloads (
+    model_name TEXT PRIMARY KEY,
+    ok INTEGER NOT NULL,
+    version TEXT,
+    message TEXT,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model_name TEXT NOT NULL,
+    model_version TEXT,
+    created_at REAL NOT NULL,
+    features TEXT NOT NULL,
+    label TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_model ON feedback (model_name, id);
+"""
+
+
+class SQLiteStore(ServedStateStore, WindowStore, FeedbackStore):
+    """All three stores in one SQLite file (WAL mode: readers never block the one writer).
+
+    One connection per process and thread (connections are never shared across a fork). A request
+    costs one `SELECT generation` and, for /predict, one INSERT in autocommit mode; the window is
+    trimmed every `prune_every` inserts of a process, not on each one.
+    """
+
+    def __init__(self, path: str | os.PathLike, window_size: int, busy_timeout_ms: int = 10_000,
+                 prune_every: int = 256):
+        self.path = Path(path)
+        self.window_size = int(window_size)
+        self.busy_timeout_ms = busy_timeout_ms
+        self.prune_every = max(1, int(prune_every))
+        self._local = threading.local()
+        self._inserts = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._init_schema()
+
+    # -- connections -------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout_ms / 1000.0,
+                               isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():
+            conn = self._connect()
+            local.conn = conn
+            local.pid = os.getpid()
+        return conn
+
+    def _init_schema(self) -> None:
+        conn = self._connect()
+        try:
+            deadline = time.monotonic() + self.busy_timeout_ms / 1000.0
+            while True:  # switching to WAL needs a moment without other writers: retry on 'locked'
+                try:
+                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                    break
+                except sqlite3.OperationalError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            if str(mode).lower() != "wal":
+                raise RuntimeError(f"{self.path}: could not switch SQLite to WAL mode (got {mode})")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                    conn.execute(stmt)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()
+        self._local = threading.local()
+
+    # -- served state --------------------------------------------------------------------------
+    def generation(self, model_name: str) -> int | None:
+        row = self.conn.execute("SELECT generation FROM served WHERE model_name = ?", (model_name,)).fetchone()
+        return None if row is None else row[0]
+
+    def served(self, model_name: str) -> ServedRecord | None:
+        row = self.conn.execute(
+            "SELECT s.model_name, s.version, s.run_id, s.epoch, s.generation, s.activated_at, e.started_at "
+            "FROM served s LEFT JOIN epochs e ON e.id = s.epoch WHERE s.model_name = ?",
+            (model_name,),
+        ).fetchone()
+        if row is None:
+            return None
+        return ServedRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6] or row[5])
+
+    def activate(self, model_name: str, version: str, run_id: str | None) -> tuple[ServedRecord, bool]:
+        conn = self.conn
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT version, epoch, generation FROM served WHERE model_name = ?",
+                               (model_name,)).fetchone()
+            if row is not None and row[0] == str(version):
+                conn.execute("UPDATE served SET run_id = ? WHERE model_name = ?", (run_id, model_name))
+                started = False
+            else:
+                epoch = conn.execute("INSERT INTO epochs (model_name, version, started_at) VALUES (?, ?, ?)",
+                                     (model_name, str(version), now)).lastrowid
+                generation = (row[2] + 1) if row is not None else 1
+                conn.execute(
+                    "INSERT INTO served (model_name, version, run_id, epoch, generation, activated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (model_name) DO UPDATE SET version = excluded.version, "
+                    "run_id = excluded.run_id, epoch = excluded.epoch, generation = excluded.generation, "
+                    "activated_at = excluded.activated_at",
+                    (model_name, str(version), run_id, epoch, generation, now),
+                )
+                # the old windows of this model name are of no further use
+                conn.execute("DELETE FROM window_rows WHERE epoch IN "
+                             "(SELECT id FROM epochs WHERE model_name = ? AND id <> ?)", (model_name, epoch))
+                started = True
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        record = self.served(model_name)
+        assert record is not None
+        return record, started
+
+    def record_reload(self, model_name: str, ok: bool, version: str | None, message: str | None) -> None:
+        self.conn.execute(
+            "INSERT INTO reloads (model_name, ok, version, message, at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (model_name) DO UPDATE SET ok = excluded.ok, version = excluded.version, "
+            "message = excluded.message, at = excluded.at",
+            (model_name, 1 if ok else 0, version, message, time.time()),
+        )
+
+    def last_reload(self, model_name: str) -> ReloadOutcome | None:
+        row = self.conn.execute("SELECT ok, version, message, at FROM reloads WHERE model_name = ?",
+                                (model_name,)).fetchone()
+        return None if row is None else ReloadOutcome(bool(row[0]), row[1], row[2], row[3])
+
+    # -- drift window --------------------------------------------------------------------------
+    def add_rows(self, epoch: int, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=np.float64)
+        conn = self.conn
+        if len(rows) == 1:
+            conn.execute("INSERT INTO window_rows (epoch, x) VALUES (?, ?)", (epoch, rows[0].tobytes()))
+        else:
+            # a batch larger than the window only leaves its last rows in it
+            rows = rows[-self.window_size:]
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany("INSERT INTO window_rows (epoch, x) VALUES (?, ?)",
+                                 [(epoch, r.tobytes()) for r in rows])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        self._inserts += len(rows)
+        if self._inserts >= self.prune_every:
+            self._inserts = 0
+            self.prune(epoch)
+
+    def prune(self, epoch: int) -> None:
+        """Drop the rows of the epoch that fell out of the window (older than the last window_size)."""
+        self.conn.execute(
+            "DELETE FROM window_rows WHERE epoch = ? AND id < (SELECT MIN(id) FROM "
+            "(SELECT id FROM window_rows WHERE epoch = ? ORDER BY id DESC LIMIT ?))",
+            (epoch, epoch, self.window_size),
+        )
+
+    def window(self, epoch: int, size: int) -> np.ndarray:
+        blobs = self.conn.execute("SELECT x FROM window_rows WHERE epoch = ? ORDER BY id DESC LIMIT ?",
+                                  (epoch, int(size))).fetchall()
+        if not blobs:
+            return np.empty((0, 0), dtype=np.float64)
+        data = np.frombuffer(b"".join(b[0] for b in reversed(blobs)), dtype=np.float64)
+        return data.reshape(len(blobs), -1)
+
+    def reset_window(self, epoch: int) -> int:
+        return self.conn.execute("DELETE FROM window_rows WHERE epoch = ?", (epoch,)).rowcount
+
+    # -- feedback ------------------------------------------------------------------------------
+    def add_feedback(self, model_name: str, model_version: str | None, rows: np.ndarray,
+                     labels: Sequence[int | str]) -> int:
+        now = time.time()
+        params = [(model_name, model_version, now, json.dumps([float(v) for v in row]), json.dumps(label))
+                  for row, label in zip(np.asarray(rows, dtype=np.float64), labels)]
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("INSERT INTO feedback (model_name, model_version, created_at, features, label) "
+                             "VALUES (?, ?, ?, ?, ?)", params)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return len(params)
+
+    def iter_feedback(self, model_name: str) -> Iterator[tuple[list[float], int | str]]:
+        cursor = self.conn.execute("SELECT features, label FROM feedback WHERE model_name = ? ORDER BY id",
+                                   (model_name,))
+        for features, label in cursor:
+            yield json.loads(features), json.loads(label)
+
+    def count_feedback(self, model_name: str) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM feedback WHERE model_name = ?", (model_name,)).fetchone()[0]
