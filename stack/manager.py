@@ -210,6 +210,8 @@ def run(cfg: StackConfig, args=None) -> int:
 
     write_endpoints(cfg, secrets)
     elapsed = time.monotonic() - started_at
+    if started:
+        (cfg.root / "last-start-seconds").write_text(f"{elapsed:.1f}\n")
     say(f"==> stack healthy in {elapsed:.0f}s" if started else "==> stack already running; nothing changed")
     say(f"""
   MLflow     {cfg.mlflow_url}
