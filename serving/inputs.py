@@ -72,8 +72,6 @@ def _json_type(value: Any) -> str:
 def _row(values: Any, n_features: int, where: str) -> list[float]:
     if not isinstance(values, list):
         raise InputError(f"{where} must be an array of {n_features} numbers, got {_json_type(values)}")
-    if len(values) != n_features:
-        raise InputError(f"{where} has {len(values)} values, the model expects {n_features}")
     out = []
     for i, v in enumerate(values):
         t = type(v)
@@ -88,7 +86,10 @@ def _row(values: Any, n_features: int, where: str) -> list[float]:
                 raise InputError(f"{where}[{i}] is too large for a float64") from None
             out.append(f)
         else:
-            raise InputError(f"{where}[{i}] must be a number, got {_json_type(v)}")
+            raise InputError(f"{where}[{i}] must be a number, got {_json_type(v)}"
+                             + ("; send a batch as 'instances'" if isinstance(v, list) and where == "features" else ""))
+    if len(out) != n_features:
+        raise InputError(f"{where} has {len(out)} values, the model expects {n_features}")
     return out
 
 
@@ -135,17 +136,17 @@ def parse_feedback(data: dict, n_features: int, max_batch: int) -> tuple[np.ndar
     """`{"features": [..], "label": y}` or `{"instances": [[..]], "labels": [y, ..]}`."""
     key = _check_keys(data, ("features", "instances", "label", "labels"), ("features", "instances"))
     if key == "features":
+        X, _ = parse_rows({"features": data["features"]}, n_features, max_batch)
         if "labels" in data:
             raise InputError("with 'features' give 'label' (one value), not 'labels'")
         if "label" not in data:
             raise InputError("missing field: 'label' (the true label of the row)")
-        X, _ = parse_rows({"features": data["features"]}, n_features, max_batch)
         return X, [_label(data["label"], "label")]
+    X, _ = parse_rows({"instances": data["instances"]}, n_features, max_batch)
     if "label" in data:
         raise InputError("with 'instances' give 'labels' (one per row), not 'label'")
     if "labels" not in data:
         raise InputError("missing field: 'labels' (one true label per row)")
-    X, _ = parse_rows({"instances": data["instances"]}, n_features, max_batch)
     labels = data["labels"]
     if not isinstance(labels, list):
         raise InputError(f"labels must be an array, got {_json_type(labels)}")
