@@ -18,13 +18,16 @@ ALERT_CONN_ENV = "DRIFT_RETRAIN_ALERT_CONN_ID"
 
 
 def alert_text(context: dict[str, Any]) -> str:
+    """The alert line, for a task failure (context has ti + exception) or a DAG-run failure (reason)."""
     ti = context.get("ti") or context.get("task_instance")
-    dag_id = getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", "?")
-    task_id = getattr(ti, "task_id", None) or "?"
-    run_id = context.get("run_id") or getattr(ti, "run_id", "?")
-    error = context.get("exception") or context.get("reason") or "unknown error"
-    error = " ".join(str(error).split())[:800]
-    return f"ALERT dag={dag_id} task={task_id} run={run_id} failed: {error}"
+    dag_run = context.get("dag_run")
+    dag_id = getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", None) or getattr(dag_run, "dag_id", "?")
+    run_id = context.get("run_id") or getattr(ti, "run_id", None) or getattr(dag_run, "run_id", "?")
+    if ti is not None and context.get("exception") is not None:
+        error = " ".join(str(context["exception"]).split())[:800]
+        return f"ALERT dag={dag_id} task={ti.task_id} run={run_id} failed: {error}"
+    reason = context.get("reason") or "failed"
+    return f"ALERT dag={dag_id} run={run_id} dag run failed ({reason}); see the failed task's ALERT line and log"
 
 
 def failure_alert(context: dict[str, Any]) -> None:

@@ -393,8 +393,10 @@ def _supervise(run_dir: Path) -> int:
         elif rc == 0:
             r.update(state=SUCCEEDED, error=None)
         else:
-            r.update(state=FAILED, error=f"the pipeline runner exited with code {rc}; last lines of "
-                                         f"{log_path}:\n{tail_text(log_path, max_lines=15)}")
+            reported = (outcome or {}).get("error")
+            r.update(state=FAILED, error=(f"{reported}\n" if reported else "")
+                     + f"the pipeline runner exited with code {rc}; last lines of {log_path}:\n"
+                     + tail_text(log_path, max_lines=15))
 
     store.mutate(run_id, finish)
     return 0

@@ -23,7 +23,7 @@ if not os.path.isfile(args.yaml):
     print(f"no such pipeline file: {args.yaml}", file=sys.stderr)
     sys.exit(2)
 print(f"fake runner: running {args.yaml} with {params}", flush=True)
-msg = params.get("msg", "")
+msg = params.get("msg") or os.environ.get("FAKE_RUNNER_MODE", "")
 time.sleep(float(os.environ.get("FAKE_RUNNER_SECONDS", "0.3")))
 if msg == "fail":
     print("step train-model failed: ValueError: data_uri /nope.csv does not exist", flush=True)
