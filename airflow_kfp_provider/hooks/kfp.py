@@ -323,7 +323,9 @@ class LocalBackend:
                                            params=params)
         except RunNameTaken as taken:  # lost a race with another submitter of the same name: adopt
             return self.get_run(taken.run_id)
-        record = self.store.start(record["run_id"], python=self.cfg.python)
+        # run_local writes its artifacts under $KFP_LOCAL_PIPELINE_ROOT (default: inside the run directory)
+        env = {"KFP_LOCAL_PIPELINE_ROOT": self.cfg.pipeline_root} if self.cfg.pipeline_root else None
+        record = self.store.start(record["run_id"], env=env, python=self.cfg.python)
         return self._to_run(record)
 
     def get_run(self, run_id: str) -> PipelineRun:

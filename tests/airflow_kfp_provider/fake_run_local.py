@@ -18,7 +18,8 @@ parser.add_argument("--param", action="append", default=[])
 args = parser.parse_args()
 params = dict(p.split("=", 1) for p in args.param)
 with open("received.json", "w") as fh:
-    json.dump({"yaml": args.yaml, "params": params, "pid": os.getpid()}, fh)
+    json.dump({"yaml": args.yaml, "params": params, "pid": os.getpid(),
+               "pipeline_root": os.environ.get("KFP_LOCAL_PIPELINE_ROOT")}, fh)
 if not os.path.isfile(args.yaml):
     print(f"no such pipeline file: {args.yaml}", file=sys.stderr)
     sys.exit(2)

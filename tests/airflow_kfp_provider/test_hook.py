@@ -152,3 +152,20 @@ def test_connection_test_button(monkeypatch, kfp_server):
     set_conn(monkeypatch, "kfp_default", json.dumps({"conn_type": "kfp", "extra": {"backend": "nope"}}))
     ok, msg = KfpHook().test_connection()
     assert not ok and "unknown KFP backend" in msg
+
+
+def test_local_backend_passes_pipeline_root_and_adopts_a_taken_name(monkeypatch, tmp_path, tiny_pipeline):
+    from kfp_test_fixtures import local_conn
+
+    conn = local_conn(tmp_path / "runs")
+    conn["extra"]["pipeline_root"] = str(tmp_path / "artifacts")
+    set_conn(monkeypatch, "kfp_default", conn)
+    hook = KfpHook()
+    hook.preflight(str(tiny_pipeline))
+    run = hook.submit_run("same-name", str(tiny_pipeline), {"msg": "ok"})
+    again = hook.submit_run("same-name", str(tiny_pipeline), {"msg": "ok"})  # lost race: adopt, no 2nd run
+    assert again.run_id == run.run_id
+    wait_for(lambda: hook.get_run(run.run_id).state == "SUCCEEDED")
+    received = json.loads((tmp_path / "runs" / "runs" / run.run_id / "received.json").read_text())
+    assert received["pipeline_root"] == str(tmp_path / "artifacts")
+    assert received["params"] == {"msg": "ok"}
