@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stack.config import REPO_ROOT, StackConfig, write_secret_file
-from stack.mlflow_server import mlflow_command
+from stack.mlflow_server import MLFLOW_SERVER_ENV, mlflow_command
 
 # Every process of the stack carries this variable, so `stop` can find stragglers that left their
 # process group (a detached pipeline run, a re-parented worker) by reading /proc/<pid>/environ.
@@ -94,7 +94,7 @@ def service_specs(cfg: StackConfig, secrets: dict) -> list[ServiceSpec]:
     airflow = {**airflow_env(cfg, secrets), **marker}
     airflow_bin = venv_bin("airflow")
     return [
-        ServiceSpec("mlflow", mlflow_command(cfg.root / "mlflow", cfg.host, cfg.mlflow_port), marker,
+        ServiceSpec("mlflow", mlflow_command(cfg.root / "mlflow", cfg.host, cfg.mlflow_port), {**MLFLOW_SERVER_ENV, **marker},
                     cfg.mlflow_port, f"{cfg.mlflow_url}/health"),
         ServiceSpec("serving", [venv_bin("gunicorn"), "-c", str(REPO_ROOT / "serving" / "gunicorn.conf.py"),
                                 "serving.app:create_app()"],

@@ -1,0 +1,73 @@
+"""`make bench`: every benchmark in one run on this machine, written to bench/results/latest.{md,json}.
+
+Only ratios measured in the same run mean much on a shared machine; the table says when and where.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from stack.mlflow_server import start_mlflow
+from stack.procs import free_port, stop_group
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODEL = "bench-model"
+
+
+def machine() -> str:
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    mem = int(next(l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")))
+    return f"{os.cpu_count()} cores ({cpu}), {mem / 1024 / 1024:.0f} GiB, Python {platform.python_version()}"
+
+
+def main(argv=None) -> int:
+    from bench import drift, loop, serving_bench
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=int, default=20, help="seconds of load per server")
+    parser.add_argument("--windows", type=int, default=500, help="windows per drift scenario")
+    parser.add_argument("--skip-stack", action="store_true", help="skip the whole-stack loop measurement")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    results: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine()}
+    with tempfile.TemporaryDirectory(prefix="driftloop-bench-") as tmp:
+        state = Path(tmp)
+        print("==> MLflow server", flush=True)
+        proc, mlflow_uri = start_mlflow(state / "mlflow", free_port())
+        try:
+            print("==> retrain pipeline on the local runner (registers the champion)", flush=True)
+            results["pipeline"] = loop.pipeline_run(mlflow_uri, MODEL, state / "kfp")
+            print(f"  {results['pipeline']}", flush=True)
+            results["import_cost_s"] = {m: loop.import_cost(m) for m in ("kfp", "mlflow", "skops.io", "sklearn.ensemble")}
+            print("==> serving under load", flush=True)
+            results["serving"] = serving_bench.bench_serving(mlflow_uri, MODEL, state, duration_s=args.duration)
+            print("==> drift detection quality", flush=True)
+            results["drift_quality"] = drift.detection_quality(windows=args.windows)
+            print("==> /drift/status latency by window size", flush=True)
+            results["drift_status_latency"] = drift.status_latency(mlflow_uri, MODEL)
+        finally:
+            stop_group(proc.pid)
+        print("==> DAG parse time", flush=True)
+        results["dag_parse"] = loop.dag_parse_time()
+        if not args.skip_stack:
+            print("==> whole embedded stack: make run, forced trigger → new champion, memory", flush=True)
+            results["stack"] = loop.stack_loop(state)
+    results["bench_wall_s"] = round(time.monotonic() - started, 1)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    from bench.report import markdown
+
+    (RESULTS / "latest.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

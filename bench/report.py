@@ -1,0 +1,48 @@
+"""The benchmark results as the Markdown tables the README quotes."""
+from __future__ import annotations
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.1f}×" if b else "n/a"
+
+
+def markdown(r: dict) -> str:
+    out = [f"Measured {r['date']} on {r['machine']}; `make bench` wall time {r['bench_wall_s']:.0f} s.", ""]
+    serving = r.get("serving", [])
+    if serving:
+        mlflow_row = next((s for s in serving if s["name"].startswith("mlflow")), None)
+        out += ["### Serving (same champion, wrk, 16 connections, 2 workers)", "",
+                "| server | req/s | p50 ms | p99 ms | errors | peak RSS MB | vs mlflow serve |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for s in serving:
+            ratio = _ratio(s["requests_per_s"], mlflow_row["requests_per_s"]) if mlflow_row else "n/a"
+            out.append(f"| {s['name']} | {s['requests_per_s']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | "
+                       f"{s['errors']} | {s['peak_rss_mb']:.0f} | {ratio} |")
+        out.append("")
+    if r.get("drift_quality"):
+        out += ["### Drift detection (windows of 100 rows; reference = the champion's training split)", "",
+                "| scenario | detector | windows | drift rate | ms per check |", "| --- | --- | ---: | ---: | ---: |"]
+        out += [f"| {q['scenario']} | {q['detector']} | {q['windows']} | {q['drift_rate']:.1%} | {q['ms_per_check']:.1f} |"
+                for q in r["drift_quality"]]
+        out.append("")
+    if r.get("drift_status_latency"):
+        out += ["### `/drift/status` latency by window size (in-process, SQLite store)", "",
+                "| window | median ms | max ms |", "| ---: | ---: | ---: |"]
+        out += [f"| {d['window_size']:,} | {d['median_ms']:.1f} | {d['max_ms']:.1f} |" for d in r["drift_status_latency"]]
+        out.append("")
+    out += ["### Loop", "", "| measure | value |", "| --- | ---: |"]
+    if r.get("pipeline"):
+        out.append(f"| retrain pipeline on the local runner, wall | {r['pipeline']['wall_s']:.1f} s |")
+        out += [f"| &nbsp;&nbsp;step {k} | {v:.1f} s |" for k, v in r["pipeline"]["steps_s"].items()]
+    for module, seconds in r.get("import_cost_s", {}).items():
+        out.append(f"| import {module} in a fresh process | {seconds:.2f} s |")
+    if r.get("dag_parse"):
+        out.append(f"| DAG file parse (median of {r['dag_parse']['repeats']}) | {r['dag_parse']['median_s'] * 1000:.0f} ms |")
+    stack = r.get("stack") or {}
+    if "make_run_to_healthy_s" in stack:
+        out.append(f"| `make run` (installed venv) → healthy | {stack['make_run_to_healthy_s']:.0f} s |")
+    if "forced_trigger_to_new_champion_s" in stack:
+        out.append(f"| forced DAG trigger → new champion served | {stack['forced_trigger_to_new_champion_s']:.0f} s |")
+    if "stack_peak_rss_mb" in stack:
+        out.append(f"| whole embedded stack, peak RSS | {stack['stack_peak_rss_mb']:.0f} MB |")
+    return "\n".join(out) + "\n"
