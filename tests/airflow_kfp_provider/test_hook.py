@@ -169,3 +169,19 @@ def test_local_backend_passes_pipeline_root_and_adopts_a_taken_name(monkeypatch,
     received = json.loads((tmp_path / "runs" / "runs" / run.run_id / "received.json").read_text())
     assert received["pipeline_root"] == str(tmp_path / "artifacts")
     assert received["params"] == {"msg": "ok"}
+
+
+def test_provider_info_points_at_real_classes():
+    import importlib
+
+    from airflow_kfp_provider import get_provider_info
+
+    info = get_provider_info()
+    for conn_type in info["connection-types"]:
+        module, _, cls = conn_type["hook-class-name"].rpartition(".")
+        hook = getattr(importlib.import_module(module), cls)
+        assert hook.conn_type == conn_type["connection-type"]
+    for kind in ("hooks", "triggers", "operators", "sensors"):
+        for entry in info[kind]:
+            for module in entry["python-modules"]:
+                importlib.import_module(module)

@@ -86,11 +86,12 @@ def test_each_dag_file_parses_in_under_a_second(parse_report):
 
 # -- the DAG's contract ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def dag(tmp_path_factory):
-    os.environ["DRIFT_RETRAIN_POLL_INTERVAL"] = "0.3"  # read when the DAG file is parsed
+def dag():
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(DAGS))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DRIFT_RETRAIN_POLL_INTERVAL", "0.3")  # read when the DAG file is parsed
+        bag = DagBag(dag_folder=str(DAGS))
     assert bag.import_errors == {}
     return bag.dags["drift_retrain"]
 

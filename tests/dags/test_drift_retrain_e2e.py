@@ -114,10 +114,11 @@ def e2e_env(e2e_stack, airflow_db, monkeypatch):
 
 @pytest.fixture(scope="module")
 def e2e_dag():
-    os.environ["DRIFT_RETRAIN_POLL_INTERVAL"] = "2"
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(REPO / "dags"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DRIFT_RETRAIN_POLL_INTERVAL", "2")  # read when the DAG file is parsed
+        bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}
     return bag.dags["drift_retrain"]
 
