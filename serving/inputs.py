@@ -2,7 +2,8 @@
 
 Every problem raises `InputError` with a message that names it and the HTTP status to answer with.
 Valid numbers are JSON numbers only: booleans, strings, null, NaN/Infinity (which Python's json
-module would otherwise accept), nested lists and values that overflow a float64 are rejected.
+module would otherwise accept), nested lists and magnitudes beyond the float32 range (tree models
+compute in float32) are rejected.
 """
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
+
+
+# Tree models (sklearn and ONNX) compute in float32: larger magnitudes would become inf there.
+FLOAT_LIMIT = float(np.finfo(np.float32).max)
 
 
 class InputError(ValueError):
@@ -75,15 +80,13 @@ def _row(values: Any, n_features: int, where: str) -> list[float]:
     out = []
     for i, v in enumerate(values):
         t = type(v)
-        if t is float:
-            if not math.isfinite(v):  # only reachable for values like 1e999 that json maps to inf
-                raise InputError(f"{where}[{i}] is not a finite number")
-            out.append(v)
-        elif t is int:
+        if t is float or t is int:
             try:
                 f = float(v)
             except OverflowError:
-                raise InputError(f"{where}[{i}] is too large for a float64") from None
+                f = math.inf
+            if not -FLOAT_LIMIT <= f <= FLOAT_LIMIT:  # also catches inf (1e999) and nan
+                raise InputError(f"{where}[{i}] must be a finite number within ±{FLOAT_LIMIT:.6g}")
             out.append(f)
         else:
             raise InputError(f"{where}[{i}] must be a number, got {_json_type(v)}"
@@ -117,7 +120,7 @@ def parse_rows(data: dict, n_features: int, max_batch: int, *, extra_allowed: Se
     if not instances:
         raise InputError("instances is empty: send at least one row")
     if len(instances) > max_batch:
-        raise InputError(f"instances has {len(instances)} rows, the limit is {max_batch}", 413)
+        raise InputError(f"instances has {len(instances)} rows, the limit is {max_batch} (SERVING_MAX_BATCH)")
     rows = [_row(r, n_features, f"instances[{i}]") for i, r in enumerate(instances)]
     return np.array(rows, dtype=np.float64), True
 

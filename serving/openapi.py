@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 NUMBER = {"type": "number"}
+FLOAT_LIMIT = float(np.finfo(np.float32).max)
+FEATURE_VALUE = {"type": "number", "minimum": -FLOAT_LIMIT, "maximum": FLOAT_LIMIT}
 LABEL = {"anyOf": [{"type": "integer"}, {"type": "number"}, {"type": "string"}]}
 NULLABLE_STR = {"type": "string", "nullable": True}
 
@@ -22,7 +26,7 @@ def _errors(*codes: int) -> dict:
 
 def build_openapi(feature_names: Sequence[str] | None, max_batch: int, max_body_bytes: int) -> dict:
     n = len(feature_names) if feature_names else None
-    row: dict = {"type": "array", "items": NUMBER,
+    row: dict = {"type": "array", "items": FEATURE_VALUE,
                  "description": "One row: the feature values in the order of the model's feature names"
                  + (f" ({', '.join(feature_names)})" if feature_names else "")}
     if n is not None:

@@ -132,7 +132,7 @@ def test_bad_input_changes_nothing_and_workers_survive(server, state_dir):
         ("/predict", dict(data='{"features": [Infinity, 2, 3, 4]}', headers={"Content-Type": "application/json"}), 400),
         ("/predict", dict(json={"features": [[1, 2, 3, 4]]}), 400),
         ("/predict", dict(json={"instances": []}), 400),
-        ("/predict", dict(json={"instances": [[1, 2, 3, 4]] * 1001}), 413),
+        ("/predict", dict(json={"instances": [[1, 2, 3, 4]] * 1001}), 400),
         ("/predict", dict(data=big, headers={"Content-Type": "application/json"}), 413),
         ("/feedback", dict(json={"features": [1, 2, 3, 4], "label": None}), 400),
         ("/feedback", dict(data=big, headers={"Content-Type": "application/json"}), 413),

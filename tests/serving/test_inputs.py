@@ -48,10 +48,10 @@ def test_bad_bodies_name_the_problem(body, fragment):
     assert fragment in err.value.message
 
 
-def test_batch_over_the_limit_is_413():
+def test_batch_over_the_limit_is_rejected():
     with pytest.raises(InputError) as err:
         rows({"instances": [[1, 2, 3, 4]] * 11})
-    assert err.value.status == 413 and "limit is 10" in err.value.message
+    assert err.value.status == 400 and "limit is 10" in err.value.message
 
 
 def test_huge_integer_is_rejected():
@@ -86,3 +86,13 @@ def test_feedback_shapes():
         with pytest.raises(InputError) as err:
             parse_feedback(bad, 4, 10)
         assert fragment in err.value.message, (bad, err.value.message)
+
+
+def test_values_beyond_float32_are_rejected():
+    """Tree models compute in float32: 1e39 would become inf there (and sklearn would raise)."""
+    X, _ = rows({"features": [3.0e38, -3.0e38, 0, 1]})
+    assert X[0, 0] == 3.0e38
+    with pytest.raises(InputError, match="within"):
+        rows({"features": [1e39, 1, 2, 3]})
+    with pytest.raises(InputError, match="within"):
+        rows({"features": [-(10 ** 40), 1, 2, 3]})
