@@ -107,12 +107,13 @@ CREATE TABLE IF NOT EXISTS epochs (
     started_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS window_rows (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     epoch INTEGER NOT NULL,
     x BLOB NOT NULL
 );
--- no secondary index on purpose: an insert then writes one b-tree page, and the window queries walk
--- the rowid b-tree backwards (old epochs are deleted when a new one starts)
+-- no AUTOINCREMENT and no secondary index on purpose: an insert then changes one b-tree page (new
+-- rowids are max + 1, so they still grow within an epoch), and the window queries walk the rowid
+-- b-tree backwards (old epochs are deleted when a new one starts)
 CREATE TABLE IF NOT EXISTS reloads (
     model_name TEXT PRIMARY KEY,
     ok INTEGER NOT NULL,
@@ -141,13 +142,15 @@ class SQLiteStore(ServedStateStore, WindowStore, FeedbackStore):
     """
 
     def __init__(self, path: str | os.PathLike, window_size: int, busy_timeout_ms: int = 10_000,
-                 prune_every: int = 256):
+                 prune_every: int = 256, checkpoint_seconds: float = 1.0):
         self.path = Path(path)
         self.window_size = int(window_size)
         self.busy_timeout_ms = busy_timeout_ms
         self.prune_every = max(1, int(prune_every))
+        self.checkpoint_seconds = checkpoint_seconds
         self._local = threading.local()
         self._inserts = 0
+        self._checkpointer_pid: int | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._init_schema()
 
@@ -157,6 +160,9 @@ class SQLiteStore(ServedStateStore, WindowStore, FeedbackStore):
                                isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
         conn.execute("PRAGMA synchronous = NORMAL")
+        if self.checkpoint_seconds > 0:
+            # WAL checkpoints (and their fsyncs) run in a background thread, not inside a request
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
         return conn
 
     @property
@@ -167,7 +173,30 @@ class SQLiteStore(ServedStateStore, WindowStore, FeedbackStore):
             conn = self._connect()
             local.conn = conn
             local.pid = os.getpid()
+            if self.checkpoint_seconds > 0 and self._checkpointer_pid != local.pid:
+                self._start_checkpointer()
         return conn
+
+    def _start_checkpointer(self) -> None:
+        """One daemon thread per process: a PASSIVE checkpoint every `checkpoint_seconds` (never
+        blocks readers or the writer; several processes doing it is harmless)."""
+        self._checkpointer_pid = os.getpid()
+        pid = self._checkpointer_pid
+
+        def run() -> None:
+            conn = None
+            while os.getpid() == pid:
+                time.sleep(self.checkpoint_seconds)
+                try:
+                    if conn is None:
+                        conn = self._connect()
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:
+                    conn = None
+                if not self.path.exists():  # the store was removed (tests): stop
+                    return
+
+        threading.Thread(target=run, name="sqlite-wal-checkpoint", daemon=True).start()
 
     def _init_schema(self) -> None:
         conn = self._connect()

@@ -14,6 +14,7 @@ from serving.model import ModelLoadError
 
 log = logging.getLogger("serving")
 bp = Blueprint("model", __name__)
+_row_counters: dict = {}  # (version, backend) -> its labelled counter (label lookup off the hot path)
 
 
 def _reload_info(c) -> dict | None:
@@ -91,7 +92,11 @@ def predict():
     except sqlite3.Error as exc:  # the answer matters more than the window: log and count
         log.warning("drift window insert failed: %s", exc)
         metrics.INPUT_ERRORS.labels("window_store").inc()
-    metrics.PREDICTED_ROWS.labels(model.version, model.backend).inc(len(predictions))
+    key = (model.version, model.backend)
+    counter = _row_counters.get(key)
+    if counter is None:
+        counter = _row_counters[key] = metrics.PREDICTED_ROWS.labels(*key)
+    counter.inc(len(predictions))
     body = {"model_name": model.name, "model_version": model.version, "backend": model.backend}
     if batch:
         body["predictions"] = predictions
