@@ -136,9 +136,16 @@ def run_e2e(cfg: StackConfig) -> dict:
     report.step("labelled feedback for the shifted region")
     rng = np.random.default_rng(7)
     rows = (np.array(SEED_SHIFTED_SAMPLE) + rng.normal(0, 0.1, size=(60, 4))).round(2).tolist()
-    fb = requests.post(f"{serving}/feedback", json={"instances": rows, "labels": [2] * len(rows)}, timeout=30)
+    served = requests.post(f"{serving}/predict", json={"instances": rows}, timeout=30).json()
+    predicted = served.get("predictions") or []
+    check(len(predicted) == len(rows), f"batch /predict answered {served}")
+    # The world says the champion is wrong in the shifted region (concept drift): the true class of
+    # each row is another one than the champion predicts, so a model that learns it must do better.
+    labels = [(int(p) + 1) % 3 for p in predicted]
+    fb = requests.post(f"{serving}/feedback", json={"instances": rows, "labels": labels}, timeout=30)
     check(fb.status_code in (200, 201), f"/feedback answered HTTP {fb.status_code}: {fb.text[:200]}")
-    report.ok(f"{len(rows)} labelled rows stored")
+    report.ok(f"{len(rows)} labelled rows stored (labels {sorted(set(labels))}, the champion predicted "
+              f"{sorted(set(int(p) for p in predicted))})")
 
     airflow.wait_unpaused_idle()
     feedback_url = f"{serving}/feedback/export"

@@ -54,7 +54,6 @@ def airflow_env(cfg: StackConfig, secrets: dict) -> dict:
         fd = os.open(passwords, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump({secrets["AIRFLOW_USER"]: secrets["AIRFLOW_PASSWORD"]}, handle)
-    serving_extra = json.dumps({"admin_token": secrets["SERVING_ADMIN_TOKEN"]})
     return {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
@@ -77,7 +76,7 @@ def airflow_env(cfg: StackConfig, secrets: dict) -> dict:
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         # Connections of the drift_retrain DAG (see docs/airflow.md)
         "AIRFLOW_CONN_SERVING_DEFAULT": json.dumps({"conn_type": "http", "host": cfg.host, "port": cfg.serving_port,
-                                                "schema": "http", "extra": serving_extra}),
+                                                "schema": "http"}),
         "AIRFLOW_CONN_KFP_DEFAULT": json.dumps({"conn_type": "kfp", "extra": {
             "backend": "local", "runs_dir": str(cfg.root / "kfp-runs"),
             "pipeline_root": str(cfg.root / "kfp-local")}}),

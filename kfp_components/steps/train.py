@@ -49,8 +49,24 @@ class TrainResult:
     onnx_parity: bool
 
 
+def row_buckets(frame: pd.DataFrame) -> np.ndarray:
+    """A number in [0, 1) per row, from a hash of the row's content (features and label)."""
+    hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype=np.uint64)
+    return hashed.astype(np.float64) / float(2**64)
+
+
 def split(frame: pd.DataFrame, label_column: str, cfg: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Stratified when every class has at least two rows, so the held-out set keeps the class mix."""
+    """Held-out rows are chosen by a hash of their content, not by a random permutation.
+
+    Retraining data grows (feedback rows are appended), and a random split of the grown table would
+    score the champion on rows it was trained on, so a better candidate could lose to it. With a
+    content hash a row is held out for every model whose data contained it: champion and candidate
+    are compared on rows neither has learned. Falls back to a seeded random split when the hash leaves
+    the held-out set empty or the training set with a single class (tiny tables)."""
+    holdout_mask = row_buckets(frame) < cfg.test_size
+    train, holdout = frame[~holdout_mask], frame[holdout_mask]
+    if len(holdout) and train[label_column].nunique() >= 2:
+        return train, holdout
     labels = frame[label_column]
     stratify = labels if labels.value_counts().min() >= 2 else None
     try:
