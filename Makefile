@@ -18,7 +18,7 @@ LABEL_COLUMN ?=
 FEEDBACK_URL ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install lock compile retrain run stop status test e2e bench clean-stack mlflow
+.PHONY: help install lock compile retrain run stop status test test-dag-e2e e2e bench clean-stack mlflow
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ clean-stack: stop ## stop the stack and delete all its data under .stack/
 
 test: $(INSTALLED) ## run the whole test suite (starts and stops its own services)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-dag-e2e: $(INSTALLED) ## opt-in: dag.test() of drift_retrain against real MLflow, gunicorn and the local runner (~5-10 min)
+	DRIFT_RETRAIN_E2E=1 $(PY) -m pytest tests/dags/test_drift_retrain_e2e.py $(PYTEST_ARGS)
 
 e2e: $(INSTALLED) ## prove the drift-to-new-model loop against the running stack (make run first)
 	$(PY) -m stack e2e
