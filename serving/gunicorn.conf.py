@@ -26,10 +26,11 @@ _state_dir = Path(_env("SERVING_STATE_DIR", ".stack/serving"))
 _prom_dir = _env("PROMETHEUS_MULTIPROC_DIR") or str(_state_dir / "prometheus")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _prom_dir
 
-# MLflow client defaults for a server process: fail over in seconds, not minutes of retries.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+# MLflow client defaults for a server process: fail in seconds, not minutes of retries (a worker
+# loads the champion before it serves, and gunicorn replaces a worker silent for `timeout` seconds).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 if _env("GUNICORN_BIND"):
     bind = [b.strip() for b in _env("GUNICORN_BIND").split(",") if b.strip()]

@@ -32,6 +32,7 @@ def health():
     load_error = c.manager.error_info()
     last_reload = _reload_info(c)
     body = {"model_name": c.config.model_name, "load_error": load_error, "last_reload": last_reload}
+    metrics.MODEL_LOADED.set(0 if active is None else 1)
     if active is None:
         reason = load_error["message"] if load_error else "no model loaded yet"
         body.update(status="not ready", ready=False, model_version=None, backend=None, reason=reason)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 import uuid
 
 import pytest
@@ -39,6 +40,9 @@ def _feedback_count(app) -> int:
 def test_no_champion_at_start_then_reload(mlflow_server, tmp_path, iris):
     name = f"nochamp-{uuid.uuid4().hex[:8]}"
     app = make_app(mlflow_server, name, tmp_path)
+    other_worker = make_app(mlflow_server, name, tmp_path).test_client()  # a second worker, same store
+    # an app of its own (own store) that nobody reloads: it retries the champion on requests
+    patient = make_app(mlflow_server, name, tmp_path / "patient", SERVING_LOAD_RETRY_SECONDS="0.5").test_client()
     c = app.test_client()
     health = c.get("/health")
     assert health.status_code == 503
@@ -61,6 +65,13 @@ def test_no_champion_at_start_then_reload(mlflow_server, tmp_path, iris):
     assert reloaded.json["previous_version"] is None and reloaded.json["window_restarted"] is True
     assert c.get("/health").json["status"] == "ok"
     assert c.post("/predict", json={"features": SETOSA}).json["prediction"] == 0
+    # the other worker follows the shared record on its next request, without a reload call of its own
+    followed = other_worker.get("/health")
+    assert followed.status_code == 200 and followed.json["model_version"] == "1"
+    assert other_worker.get("/drift/status").json["samples"] == 1
+    time.sleep(0.6)
+    retried = patient.get("/health")
+    assert retried.status_code == 200 and retried.json["model_version"] == "1"
 
 
 def test_health_and_model_info(client, champion):
