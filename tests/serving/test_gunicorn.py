@@ -11,6 +11,8 @@ import csv
 import io
 import re
 import sqlite3
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -193,7 +195,26 @@ def test_reload_moves_every_worker_and_the_loop_settles(server, mlflow_server, m
     new = log_like_pipeline(mlflow_server, model_name, *as_frame(data[:, :4], data[:, 4].astype(int)),
                             run_tag="retrained-on-feedback")
 
+    # clients keep predicting while the app reloads: no request is dropped or fails
+    stop, outcomes = threading.Event(), []
+
+    def traffic():
+        with requests.Session() as session:
+            while not stop.is_set():
+                r = session.post(srv.url + "/predict", json={"features": [5.1, 3.5, 1.4, 0.2]}, timeout=60)
+                outcomes.append((r.status_code, r.json().get("model_version")))
+
+    clients = [threading.Thread(target=traffic) for _ in range(2)]
+    for t in clients:
+        t.start()
+    time.sleep(0.3)
     reload = srv.post("/model/reload", headers=AUTH)
+    time.sleep(0.3)
+    stop.set()
+    for t in clients:
+        t.join(60)
+    assert outcomes and all(code == 200 for code, _ in outcomes), outcomes
+    assert outcomes[-1][1] == new.version
     assert reload.status_code == 200, reload.text
     body = reload.json()
     assert body["status"] == "reloaded" and body["version"] == new.version
@@ -204,11 +225,12 @@ def test_reload_moves_every_worker_and_the_loop_settles(server, mlflow_server, m
     assert len(workers) == 2 and {i["version"] for i in infos} == {new.version}
     statuses, workers = _reads(srv, "/drift/status", 8)
     assert len(workers) == 2
-    for s in statuses:
-        assert s["model_version"] == new.version and s["samples"] == 0
-    assert srv.post("/predict", json={"features": [5.1, 3.5, 1.9, 0.2]}).json()["model_version"] == new.version
+    n_new = sum(1 for _, version in outcomes if version == new.version)
+    for s in statuses:  # the window restarted: only what the new version predicted is in it
+        assert s["model_version"] == new.version and s["samples"] == min(n_new, 100)
 
     # the loop settles: the same shifted traffic no longer alarms against the new reference
+    assert srv.post("/drift/reset", headers=AUTH).status_code == 200
     more, _ = shifted_iris(100, seed=12)
     assert srv.post("/predict", json={"instances": [[float(v) for v in r] for r in more]}).status_code == 200
     settled, _ = _reads(srv, "/drift/status", 4)
