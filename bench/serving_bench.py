@@ -3,6 +3,7 @@ logging on) against `mlflow models serve` with the same worker count and against
 Flask+gunicorn apps that only predict."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -22,7 +23,9 @@ def _bin(name: str) -> str:
 
 
 def server_specs(mlflow_uri: str, model_name: str, workers: int, state: Path) -> list[dict]:
-    base_env = {"MLFLOW_TRACKING_URI": mlflow_uri, "MODEL_NAME": model_name}
+    # `mlflow models serve` execs `uvicorn` by name: the venv's bin directory must be on PATH.
+    path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    base_env = {"MLFLOW_TRACKING_URI": mlflow_uri, "MODEL_NAME": model_name, "PATH": path}
     specs = []
     port = free_port()
     specs.append({

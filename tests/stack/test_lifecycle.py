@@ -72,7 +72,7 @@ def test_run_e2e_stop_leaves_nothing_behind(tmp_path):
     env = stack_env(root)
     try:
         run = stack_cmd(env, "run")
-        assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+        assert run.returncode == 0, run.stdout[-15000:] + run.stderr[-3000:]
         assert "==> stack healthy" in run.stdout
         assert oct((root / "endpoints.env").stat().st_mode & 0o777) == "0o600"
 
