@@ -19,6 +19,7 @@ from flask import Flask, g, request
 from serving import metrics
 from serving.blueprints import ALL as BLUEPRINTS
 from serving.config import ServingConfig
+from serving.fastpath import PredictFastPath
 from serving.http import ServingContext, register_error_handlers
 from serving.manager import ModelManager
 from serving.model import MlflowModelLoader
@@ -42,6 +43,7 @@ def create_app(config: ServingConfig | Mapping[str, Any] | None = None) -> Flask
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
     _install_request_metrics(app)
+    app.wsgi_app = PredictFastPath(app.wsgi_app, app.extensions["serving"])  # type: ignore[method-assign]
 
     manager.startup()
     if manager.active is not None:
@@ -54,7 +56,6 @@ def create_app(config: ServingConfig | Mapping[str, Any] | None = None) -> Flask
 
 
 def _install_request_metrics(app: Flask) -> None:
-    children: dict[tuple, tuple] = {}
     perf = time.perf_counter
 
     @app.before_request
@@ -67,13 +68,6 @@ def _install_request_metrics(app: Flask) -> None:
         if t0 is None:
             return response
         rule = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-        key = (request.method, rule, response.status_code)
-        pair = children.get(key)
-        if pair is None:
-            pair = (metrics.REQUESTS.labels(request.method, rule, str(response.status_code)),
-                    metrics.LATENCY.labels(request.method, rule))
-            children[key] = pair
-        pair[0].inc()
-        pair[1].observe(perf() - t0)
+        metrics.observe_request(request.method, rule, response.status_code, perf() - t0)
         response.headers["X-Serving-Worker"] = str(os.getpid())  # which worker answered (debugging, tests)
         return response

@@ -28,6 +28,21 @@ DRIFT_DETECTED = Gauge("serving_drift_detected", "1 when the last drift check fo
                        multiprocess_mode="mostrecent")
 
 
+_request_children: dict[tuple, tuple] = {}  # (method, endpoint, status) -> bound children
+
+
+def observe_request(method: str, endpoint: str, status: int, seconds: float) -> None:
+    """Count one answered request and its latency. The labelled children are looked up once per
+    label combination (`.labels()` costs a lock and a dict lookup per call; this is the hot path)."""
+    key = (method, endpoint, status)
+    pair = _request_children.get(key)
+    if pair is None:
+        pair = _request_children[key] = (REQUESTS.labels(method, endpoint, str(status)),
+                                          LATENCY.labels(method, endpoint))
+    pair[0].inc()
+    pair[1].observe(seconds)
+
+
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
 

@@ -85,6 +85,17 @@ def predict():
     check_content_type(request.content_type)
     data = parse_json_object(request.get_data(cache=False))
     active = require_model()
+    return json_response(predict_parsed(c, active, data))
+
+
+def predict_parsed(c, active, data: dict) -> dict:
+    """The /predict work once the body is a JSON object and a model is active: validate the rows,
+    predict, add them to the drift window, count them; returns the response body.
+
+    Shared by the view above and the WSGI fast path (serving/fastpath.py). Raises (InputError, a
+    model error) only before the drift window insert, so the fast path can hand a failing request to
+    this view unchanged, without a row entering the window twice.
+    """
     model = active.model
     X, batch = parse_rows(data, model.n_features, c.config.max_batch)
     predictions = model.predict(X)
@@ -104,4 +115,4 @@ def predict():
         body["count"] = len(predictions)
     else:
         body["prediction"] = predictions[0]
-    return json_response(body)
+    return body
