@@ -76,7 +76,7 @@ def stack_loop(state: Path) -> dict:
     from stack.e2e import Airflow
 
     root = state / "stack"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_TRACKING"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW"))}
     env.update(STACK_DIR=str(root), MLFLOW_PORT=str(free_port()), SERVING_PORT=str(free_port()),
                AIRFLOW_PORT=str(free_port()))
     stack = [sys.executable, "-m", "stack"]

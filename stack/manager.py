@@ -119,7 +119,8 @@ def bootstrap_champion(cfg: StackConfig, secrets: dict) -> None:
            "--param", "deploy_target=none", "--param", "min_accuracy=0.0", "--param", "run_tag=bootstrap"]
     with open(log, "ab") as out:
         code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                              env={**os.environ, STACK_MARKER: str(cfg.root),
+                              env={**os.environ, STACK_MARKER: str(cfg.root), "MLFLOW_TRACKING_URI": cfg.mlflow_url,
+                                   "MLFLOW_REGISTRY_URI": cfg.mlflow_url,
                                    "SERVING_ADMIN_TOKEN": secrets["SERVING_ADMIN_TOKEN"]}).returncode
     if code != 0:
         raise RuntimeError(f"bootstrap retrain failed (exit {code}); see {log}")

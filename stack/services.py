@@ -34,6 +34,7 @@ def venv_bin(name: str) -> str:
 def serving_env(cfg: StackConfig, secrets: dict) -> dict:
     return {
         "MLFLOW_TRACKING_URI": cfg.mlflow_url,
+        "MLFLOW_REGISTRY_URI": cfg.mlflow_url,
         "MODEL_NAME": cfg.model_name,
         "SERVING_ADMIN_TOKEN": secrets["SERVING_ADMIN_TOKEN"],
         "SERVING_STATE_DIR": str(cfg.root / "serving"),
@@ -83,6 +84,7 @@ def airflow_env(cfg: StackConfig, secrets: dict) -> dict:
         "DRIFT_RETRAIN_MLFLOW_URI": cfg.mlflow_url,
         "DRIFT_RETRAIN_SERVING_URL": cfg.serving_url,
         "MLFLOW_TRACKING_URI": cfg.mlflow_url,
+        "MLFLOW_REGISTRY_URI": cfg.mlflow_url,
         "SERVING_ADMIN_TOKEN": secrets["SERVING_ADMIN_TOKEN"],
         "NO_PROXY": "*",
     }

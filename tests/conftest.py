@@ -26,3 +26,25 @@ def mlflow_server(tmp_path_factory):
     else:
         os.environ["MLFLOW_TRACKING_URI"] = old
     stop_group(proc.pid)
+
+
+@pytest.fixture(autouse=True)
+def _isolate_mlflow_globals():
+    """mlflow.set_tracking_uri/set_registry_uri (called by in-process step functions) change process
+    globals and write MLFLOW_* variables into os.environ, which every later test and every process a
+    later test starts would inherit. Put both back after each test."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    import sys
+
+    registry_utils = sys.modules.get("mlflow.tracking._model_registry.utils")
+    if registry_utils is not None and hasattr(registry_utils, "_registry_uri"):
+        registry_utils._registry_uri = None
+    tracking_utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if tracking_utils is not None and hasattr(tracking_utils, "_tracking_uri"):
+        tracking_utils._tracking_uri = None

@@ -32,7 +32,10 @@ def stack_processes(root: Path) -> list[int]:
 
 
 def stack_env(root: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_TRACKING"))}
+    # The stack must not depend on what the test process carries (mlflow.set_tracking_uri and
+    # set_registry_uri write MLFLOW_* variables into the environment of whoever calls them).
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AIRFLOW", "MLFLOW", "SERVING_", "DRIFT_", "GUNICORN_", "PROMETHEUS_", "KFP_"))}
     env.update(STACK_DIR=str(root), MLFLOW_PORT=str(free_port()), SERVING_PORT=str(free_port()),
                AIRFLOW_PORT=str(free_port()))
     return env
