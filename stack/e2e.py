@@ -92,6 +92,19 @@ def send_shifted(serving: str, n: int = 100) -> None:
         check(resp.status_code == 200, f"/predict answered HTTP {resp.status_code}: {resp.text[:200]}")
 
 
+def scheduled_run(airflow: Airflow, cfg: StackConfig, submit_state: str, new_runs: int) -> dict:
+    """Trigger the path the schedule takes (force=false), wait for it, check what it submitted."""
+    runs_before = local_run_count(cfg)
+    run_id = airflow.trigger({"force": False})
+    state = airflow.wait(run_id)
+    states = airflow.task_states(run_id)
+    check(state == "success" and states.get("submit_retrain") == submit_state,
+          f"run {run_id} ended {state} with tasks {states}")
+    submitted = local_run_count(cfg) - runs_before
+    check(submitted == new_runs, f"{submitted} pipeline runs submitted, expected {new_runs}")
+    return states
+
+
 def run_e2e(cfg: StackConfig) -> dict:
     env = read_env_file(cfg.endpoints_file)
     check(bool(env), f"{cfg.endpoints_file} not found: start the stack with `make run` first")
@@ -182,25 +195,11 @@ def run_e2e(cfg: StackConfig) -> dict:
     report.ok(f"0 samples, comparing against version {drift.get('model_version')}")
 
     report.step("scheduled path without drift: nothing submitted")
-    runs_before = local_run_count(cfg)
-    run_id = airflow.trigger({"force": False})
-    state = airflow.wait(run_id)
-    states = airflow.task_states(run_id)
-    check(state == "success" and states.get("submit_retrain") == "skipped",
-          f"run {run_id} ended {state} with tasks {states}")
-    check(local_run_count(cfg) == runs_before, "a pipeline run was submitted without drift")
-    report.ok(f"tasks {states}")
+    report.ok(f"tasks {scheduled_run(airflow, cfg, submit_state='skipped', new_runs=0)}")
 
     report.step("scheduled path with drift: exactly one run submitted")
     send_shifted(serving)
-    runs_before = local_run_count(cfg)
-    run_id = airflow.trigger({"force": False})
-    state = airflow.wait(run_id)
-    states = airflow.task_states(run_id)
-    check(state == "success" and states.get("submit_retrain") == "success",
-          f"run {run_id} ended {state} with tasks {states}")
-    check(local_run_count(cfg) == runs_before + 1, f"{local_run_count(cfg) - runs_before} pipeline runs submitted, expected 1")
-    report.ok(f"tasks {states}")
+    report.ok(f"tasks {scheduled_run(airflow, cfg, submit_state='success', new_runs=1)}")
 
     total = time.monotonic() - report.t0
     start_file = cfg.root / "last-start-seconds"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from stack.config import REPO_ROOT, StackConfig, load_or_create_secrets, write_secret_file
 from stack.procs import group_alive, port_in_use, start_process, stop_group, wait_http_ok
-from stack.services import STACK_MARKER, ServiceSpec, airflow_env, service_specs
+from stack.services import SERVICE_NAMES, STACK_MARKER, ServiceSpec, airflow_env, service_specs
 
 
 def say(message: str) -> None:
@@ -204,7 +204,9 @@ def run(cfg: StackConfig, args=None) -> int:
         say(f"error: {exc}")
         for spec in reversed(started):
             say(f"  --- last lines of {spec.name}.log ---\n{log_tail(cfg, spec.name)}")
-            stop_group(read_pid(cfg, spec.name) or 0) if read_pid(cfg, spec.name) else None
+            pid = read_pid(cfg, spec.name)
+            if pid:
+                stop_group(pid)
             pid_file(cfg, spec.name).unlink(missing_ok=True)
         say("what this run started was stopped again; fix the cause above and run `make run` again")
         return 1
@@ -242,10 +244,17 @@ def stack_stragglers(cfg: StackConfig) -> list[int]:
     return found
 
 
+def signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def stop(cfg: StackConfig, args=None) -> int:
-    names = [s.name for s in service_specs(cfg, load_or_create_secrets(cfg))] if cfg.root.exists() else []
     stopped_any = False
-    for name in reversed(names):
+    for name in reversed(SERVICE_NAMES):
         pid = read_pid(cfg, name)
         if pid is None:
             continue
@@ -256,20 +265,12 @@ def stop(cfg: StackConfig, args=None) -> int:
             say(f"  {name}: was not running (stale pid file removed)")
         pid_file(cfg, name).unlink(missing_ok=True)
     leftovers = stack_stragglers(cfg)
-    for pid in leftovers:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    signal_all(leftovers, signal.SIGTERM)
     deadline = time.monotonic() + 10
     while leftovers and time.monotonic() < deadline:
         time.sleep(0.3)
         leftovers = stack_stragglers(cfg)
-    for pid in leftovers:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    signal_all(leftovers, signal.SIGKILL)
     if leftovers:
         say(f"  killed {len(leftovers)} leftover process(es) of the stack")
     say("==> stack stopped; data kept in " + str(cfg.root) if stopped_any or leftovers else "==> nothing was running")

@@ -67,16 +67,6 @@ def wait_http_ok(url: str, timeout: float, proc: subprocess.Popen | None = None,
     raise TimeoutError(f"{url} not healthy after {timeout:.0f}s: {last_error}")
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)

@@ -17,6 +17,11 @@ from stack.mlflow_server import MLFLOW_SERVER_ENV, mlflow_command
 STACK_MARKER = "DRIFTLOOP_STACK_DIR"
 
 
+# In start order; `stop` needs only the names (no secrets, no environment).
+SERVICE_NAMES = ("mlflow", "serving", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
+                 "airflow-triggerer")
+
+
 @dataclass
 class ServiceSpec:
     name: str

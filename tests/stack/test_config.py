@@ -17,3 +17,10 @@ def test_secrets_are_generated_once(tmp_path):
     assert len(first["SERVING_ADMIN_TOKEN"]) >= 32 and first["AIRFLOW_USER"] == "admin"
     assert load_or_create_secrets(cfg) == first
     assert stat.S_IMODE((tmp_path / "secrets.env").stat().st_mode) == 0o600
+
+
+def test_service_names_match_the_specs(tmp_path):
+    from stack.services import SERVICE_NAMES, service_specs
+
+    cfg = StackConfig(root=tmp_path)
+    assert tuple(s.name for s in service_specs(cfg, load_or_create_secrets(cfg))) == SERVICE_NAMES
