@@ -48,3 +48,20 @@ def _isolate_mlflow_globals():
     tracking_utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
     if tracking_utils is not None and hasattr(tracking_utils, "_tracking_uri"):
         tracking_utils._tracking_uri = None
+
+
+@pytest.fixture(scope="session")
+def embedded_stack(tmp_path_factory):
+    """The whole embedded stack, started once (`python -m stack run`) and stopped after the session."""
+    from tests.stack_fixture import RunningStack, stack_cmd, stack_env
+
+    root = tmp_path_factory.mktemp("embedded") / "stack"
+    env = stack_env(root)
+    run = stack_cmd(env, "run")
+    stack = RunningStack(root, env, run.stdout)
+    try:
+        if run.returncode != 0:
+            pytest.fail("make run failed:\n" + run.stdout[-15000:] + run.stderr[-3000:])
+        yield stack
+    finally:
+        stack_cmd(env, "stop", timeout=300)

@@ -1,0 +1,62 @@
+"""One embedded stack (`python -m stack run`) shared by the tests that need the whole thing running:
+the lifecycle/e2e test, the browser tests and the security checks. Starting it costs ~2.5 minutes on
+this machine, so it is started once per test session, on free ports in a temporary directory, and
+stopped at the end (the lifecycle test also stops it and checks that nothing is left)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from stack.config import read_env_file
+from stack.procs import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def stack_env(root: Path) -> dict:
+    # The stack must not depend on what the test process carries (mlflow.set_tracking_uri and
+    # set_registry_uri write MLFLOW_* variables into the environment of whoever calls them).
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AIRFLOW", "MLFLOW", "SERVING_", "DRIFT_", "GUNICORN_", "PROMETHEUS_", "KFP_"))}
+    env.update(STACK_DIR=str(root), MLFLOW_PORT=str(free_port()), SERVING_PORT=str(free_port()),
+               AIRFLOW_PORT=str(free_port()))
+    return env
+
+
+def stack_cmd(env: dict, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stack", *args], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=timeout)
+
+
+def stack_processes(root: Path) -> list[int]:
+    needle = f"DRIFTLOOP_STACK_DIR={root}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+@dataclass
+class RunningStack:
+    root: Path
+    env: dict
+    run_output: str
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        return read_env_file(self.root / "endpoints.env")
+
+    @property
+    def secrets(self) -> dict[str, str]:
+        return read_env_file(self.root / "secrets.env")
+
+    def cmd(self, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
+        return stack_cmd(self.env, *args, timeout=timeout)
