@@ -20,8 +20,10 @@ def cmd_retrain(args, cfg: StackConfig) -> int:
         params.append(f"mlflow_uri={mlflow_uri}")
     if "serving_url" not in given:
         params.append(f"serving_url={endpoints.get('SERVING_URL') or cfg.serving_url}")
-    if endpoints.get("SERVING_ADMIN_TOKEN") and not os.environ.get("SERVING_ADMIN_TOKEN"):
-        os.environ["SERVING_ADMIN_TOKEN"] = endpoints["SERVING_ADMIN_TOKEN"]
+    # the stack's credentials, unless the caller brought its own
+    for key in ("SERVING_ADMIN_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        if endpoints.get(key) and not os.environ.get(key):
+            os.environ[key] = endpoints[key]
     argv = [arg for p in params for arg in ("--param", p)]
     argv += ["--pipeline-root", str(cfg.root / "kfp-local")]
     return run_local.main(argv)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +24,6 @@ class StackConfig:
     serving_workers: int = 2
     model_name: str = "iris-model"
     host: str = HOST
-    extra_env: dict = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, root: Path | None = None) -> "StackConfig":
@@ -84,12 +83,18 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 def load_or_create_secrets(cfg: StackConfig) -> dict[str, str]:
-    """Generated once per stack directory and kept at 0600: the serving admin token, the Airflow
-    admin password and the Airflow JWT/API secrets."""
+    """Generated once per stack directory and kept at 0600: the serving admin and feedback tokens,
+    the MLflow basic-auth login and Flask secret, the Airflow admin password and the Airflow
+    JWT/API/Fernet secrets. Keys added by a newer version are generated into an existing file."""
     path = cfg.root / "secrets.env"
     values = read_env_file(path)
     wanted = {
         "SERVING_ADMIN_TOKEN": lambda: secrets.token_urlsafe(32),
+        "SERVING_FEEDBACK_TOKEN": lambda: secrets.token_urlsafe(32),
+        # MLflow's own variable names: the MLflow client reads them as they are.
+        "MLFLOW_TRACKING_USERNAME": lambda: "admin",
+        "MLFLOW_TRACKING_PASSWORD": lambda: secrets.token_urlsafe(24),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": lambda: secrets.token_urlsafe(32),
         "AIRFLOW_USER": lambda: "admin",
         "AIRFLOW_PASSWORD": lambda: secrets.token_urlsafe(18),
         "AIRFLOW_JWT_SECRET": lambda: secrets.token_urlsafe(32),
@@ -110,3 +115,13 @@ def _fernet_key() -> str:
     from cryptography.fernet import Fernet
 
     return Fernet.generate_key().decode()
+
+
+def mlflow_client_env(secrets: dict[str, str], url: str) -> dict[str, str]:
+    """What a process needs to talk to the stack's MLflow server with the MLflow client as it is."""
+    return {
+        "MLFLOW_TRACKING_URI": url,
+        "MLFLOW_REGISTRY_URI": url,
+        "MLFLOW_TRACKING_USERNAME": secrets["MLFLOW_TRACKING_USERNAME"],
+        "MLFLOW_TRACKING_PASSWORD": secrets["MLFLOW_TRACKING_PASSWORD"],
+    }

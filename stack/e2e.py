@@ -110,6 +110,7 @@ def run_e2e(cfg: StackConfig) -> dict:
     check(bool(env), f"{cfg.endpoints_file} not found: start the stack with `make run` first")
     serving, token = env["SERVING_URL"], env["SERVING_ADMIN_TOKEN"]
     admin = {"Authorization": f"Bearer {token}"}
+    labeller = {"Authorization": f"Bearer {env['SERVING_FEEDBACK_TOKEN']}"}
     report = Report()
 
     report.step("Airflow login; wait until no drift_retrain run is active")
@@ -155,7 +156,8 @@ def run_e2e(cfg: StackConfig) -> dict:
     # The world says the champion is wrong in the shifted region (concept drift): the true class of
     # each row is another one than the champion predicts, so a model that learns it must do better.
     labels = [(int(p) + 1) % 3 for p in predicted]
-    fb = requests.post(f"{serving}/feedback", json={"instances": rows, "labels": labels}, timeout=30)
+    fb = requests.post(f"{serving}/feedback", json={"instances": rows, "labels": labels, "source": "e2e"},
+                       headers=labeller, timeout=30)
     check(fb.status_code in (200, 201), f"/feedback answered HTTP {fb.status_code}: {fb.text[:200]}")
     report.ok(f"{len(rows)} labelled rows stored (labels {sorted(set(labels))}, the champion predicted "
               f"{sorted(set(int(p) for p in predicted))})")

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from stack.config import REPO_ROOT, StackConfig, load_or_create_secrets, write_secret_file
+from stack.config import REPO_ROOT, StackConfig, load_or_create_secrets, mlflow_client_env, write_secret_file
 from stack.procs import group_alive, port_in_use, start_process, stop_group, wait_http_ok
 from stack.services import SERVICE_NAMES, STACK_MARKER, ServiceSpec, airflow_env, service_specs
 
@@ -101,11 +101,16 @@ def wait_airflow_components(cfg: StackConfig, timeout: float = 240) -> None:
     raise TimeoutError(f"Airflow components not all healthy after {timeout:.0f}s: {state}")
 
 
-def has_champion(cfg: StackConfig) -> bool:
+def has_champion(cfg: StackConfig, secrets: dict) -> bool:
     import requests
 
     resp = requests.get(f"{cfg.mlflow_url}/api/2.0/mlflow/registered-models/alias",
-                        params={"name": cfg.model_name, "alias": "champion"}, timeout=30)
+                        params={"name": cfg.model_name, "alias": "champion"}, timeout=30,
+                        auth=(secrets["MLFLOW_TRACKING_USERNAME"], secrets["MLFLOW_TRACKING_PASSWORD"]))
+    if resp.status_code in (401, 403):
+        raise RuntimeError(f"MLflow at {cfg.mlflow_url} refused the stack's login (HTTP {resp.status_code}); "
+                           f"the login in {cfg.root / 'secrets.env'} no longer matches {cfg.root / 'mlflow'}: "
+                           "`make clean-stack` starts over")
     return resp.status_code == 200
 
 
@@ -119,8 +124,7 @@ def bootstrap_champion(cfg: StackConfig, secrets: dict) -> None:
            "--param", "deploy_target=none", "--param", "min_accuracy=0.0", "--param", "run_tag=bootstrap"]
     with open(log, "ab") as out:
         code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                              env={**os.environ, STACK_MARKER: str(cfg.root), "MLFLOW_TRACKING_URI": cfg.mlflow_url,
-                                   "MLFLOW_REGISTRY_URI": cfg.mlflow_url,
+                              env={**os.environ, STACK_MARKER: str(cfg.root), **mlflow_client_env(secrets, cfg.mlflow_url),
                                    "SERVING_ADMIN_TOKEN": secrets["SERVING_ADMIN_TOKEN"]}).returncode
     if code != 0:
         raise RuntimeError(f"bootstrap retrain failed (exit {code}); see {log}")
@@ -139,8 +143,13 @@ def airflow_db_migrate(cfg: StackConfig, secrets: dict) -> None:
 def write_endpoints(cfg: StackConfig, secrets: dict) -> None:
     write_secret_file(cfg.endpoints_file, {
         "MLFLOW_URL": cfg.mlflow_url,
+        # under MLflow's own names, so that a script that sources this file can use the MLflow client
+        "MLFLOW_TRACKING_URI": cfg.mlflow_url,
+        "MLFLOW_TRACKING_USERNAME": secrets["MLFLOW_TRACKING_USERNAME"],
+        "MLFLOW_TRACKING_PASSWORD": secrets["MLFLOW_TRACKING_PASSWORD"],
         "SERVING_URL": cfg.serving_url,
         "SERVING_ADMIN_TOKEN": secrets["SERVING_ADMIN_TOKEN"],
+        "SERVING_FEEDBACK_TOKEN": secrets["SERVING_FEEDBACK_TOKEN"],
         "AIRFLOW_URL": cfg.airflow_url,
         "AIRFLOW_USER": secrets["AIRFLOW_USER"],
         "AIRFLOW_PASSWORD": secrets["AIRFLOW_PASSWORD"],
@@ -175,7 +184,7 @@ def run(cfg: StackConfig, args=None) -> int:
     started: list[ServiceSpec] = []
     try:
         for spec in specs:
-            if spec.name == "serving" and not running[spec.name] and not has_champion(cfg):
+            if spec.name == "serving" and not running[spec.name] and not has_champion(cfg, secrets):
                 t0 = time.monotonic()
                 bootstrap_champion(cfg, secrets)
                 say(f"  first champion registered in {time.monotonic() - t0:.0f}s")
@@ -217,7 +226,7 @@ def run(cfg: StackConfig, args=None) -> int:
         (cfg.root / "last-start-seconds").write_text(f"{elapsed:.1f}\n")
     say(f"==> stack healthy in {elapsed:.0f}s" if started else "==> stack already running; nothing changed")
     say(f"""
-  MLflow     {cfg.mlflow_url}
+  MLflow     {cfg.mlflow_url}   user {secrets['MLFLOW_TRACKING_USERNAME']}, password in {cfg.endpoints_file}
   Serving    {cfg.serving_url}   (admin token in {cfg.endpoints_file})
   Airflow    {cfg.airflow_url}   user {secrets['AIRFLOW_USER']}, password {secrets['AIRFLOW_PASSWORD']}
   Logs       {cfg.logs}

@@ -1,5 +1,7 @@
 """The MLflow tracking server of the embedded stack: SQLite backend store, local artifact directory,
-bound to 127.0.0.1. Used by `make run` and by the test fixtures."""
+bound to 127.0.0.1, and (in the stack) MLflow's basic-auth app, so that nobody without the stack's
+generated login can register a model or move the `champion` alias. Used by `make run` and by the
+test fixtures (which run it without auth unless asked)."""
 from __future__ import annotations
 
 import subprocess
@@ -14,7 +16,7 @@ MLFLOW_WORKERS = "1"
 MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
-def mlflow_command(state_dir: Path, host: str, port: int) -> list[str]:
+def mlflow_command(state_dir: Path, host: str, port: int, auth: bool = False) -> list[str]:
     state_dir = Path(state_dir).resolve()
     return [
         str(Path(sys.executable).with_name("mlflow")),
@@ -24,7 +26,35 @@ def mlflow_command(state_dir: Path, host: str, port: int) -> list[str]:
         "--host", host,
         "--port", str(port),
         "--workers", MLFLOW_WORKERS,
+        *(["--app-name", "basic-auth"] if auth else []),
     ]
+
+
+def write_auth_config(state_dir: Path, admin_username: str) -> Path:
+    """MLflow's basic-auth settings for this server: its user database beside the tracking database
+    (the packaged default is a path relative to the working directory). The admin password is not in
+    this file: it reaches the server as MLFLOW_AUTH_ADMIN_PASSWORD on first start only."""
+    state_dir = Path(state_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "basic_auth.ini"
+    path.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{state_dir / 'basic_auth.db'}\n"
+        f"admin_username = {admin_username}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "grant_default_workspace_access = false\n"
+    )
+    return path
+
+
+def auth_server_env(state_dir: Path, secrets: dict[str, str]) -> dict[str, str]:
+    """Environment of an `mlflow server --app-name basic-auth` process."""
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(write_auth_config(state_dir, secrets["MLFLOW_TRACKING_USERNAME"])),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": secrets["MLFLOW_TRACKING_PASSWORD"],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets["MLFLOW_FLASK_SERVER_SECRET_KEY"],
+    }
 
 
 def start_mlflow(state_dir: Path, port: int, host: str = "127.0.0.1", log_path: Path | None = None,

@@ -1,6 +1,7 @@
 """What the embedded stack runs: one spec per long-running process, with its command, environment,
 port and health check. Airflow runs as its four separate processes (api-server, scheduler,
-dag-processor, triggerer) with the LocalExecutor and SQLite, everything bound to 127.0.0.1."""
+dag-processor, triggerer) with the LocalExecutor and SQLite, everything bound to 127.0.0.1; MLflow
+runs its basic-auth app and every client of it gets the stack's generated login."""
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stack.config import REPO_ROOT, StackConfig, write_secret_file
-from stack.mlflow_server import MLFLOW_SERVER_ENV, mlflow_command
+from stack.config import REPO_ROOT, StackConfig, mlflow_client_env
+from stack.mlflow_server import MLFLOW_SERVER_ENV, auth_server_env, mlflow_command
 
 # Every process of the stack carries this variable, so `stop` can find stragglers that left their
 # process group (a detached pipeline run, a re-parented worker) by reading /proc/<pid>/environ.
@@ -38,10 +39,10 @@ def venv_bin(name: str) -> str:
 
 def serving_env(cfg: StackConfig, secrets: dict) -> dict:
     return {
-        "MLFLOW_TRACKING_URI": cfg.mlflow_url,
-        "MLFLOW_REGISTRY_URI": cfg.mlflow_url,
+        **mlflow_client_env(secrets, cfg.mlflow_url),
         "MODEL_NAME": cfg.model_name,
         "SERVING_ADMIN_TOKEN": secrets["SERVING_ADMIN_TOKEN"],
+        "SERVING_FEEDBACK_TOKEN": secrets["SERVING_FEEDBACK_TOKEN"],
         "SERVING_STATE_DIR": str(cfg.root / "serving"),
         "SERVING_HOST": cfg.host,
         "SERVING_PORT": str(cfg.serving_port),
@@ -88,8 +89,8 @@ def airflow_env(cfg: StackConfig, secrets: dict) -> dict:
             "pipeline_root": str(cfg.root / "kfp-local")}}),
         "DRIFT_RETRAIN_MLFLOW_URI": cfg.mlflow_url,
         "DRIFT_RETRAIN_SERVING_URL": cfg.serving_url,
-        "MLFLOW_TRACKING_URI": cfg.mlflow_url,
-        "MLFLOW_REGISTRY_URI": cfg.mlflow_url,
+        # the pipeline's runs (started by Airflow's workers) and confirm_champion use these
+        **mlflow_client_env(secrets, cfg.mlflow_url),
         "SERVING_ADMIN_TOKEN": secrets["SERVING_ADMIN_TOKEN"],
         "NO_PROXY": "*",
     }
@@ -100,7 +101,8 @@ def service_specs(cfg: StackConfig, secrets: dict) -> list[ServiceSpec]:
     airflow = {**airflow_env(cfg, secrets), **marker}
     airflow_bin = venv_bin("airflow")
     return [
-        ServiceSpec("mlflow", mlflow_command(cfg.root / "mlflow", cfg.host, cfg.mlflow_port), {**MLFLOW_SERVER_ENV, **marker},
+        ServiceSpec("mlflow", mlflow_command(cfg.root / "mlflow", cfg.host, cfg.mlflow_port, auth=True),
+                    {**MLFLOW_SERVER_ENV, **auth_server_env(cfg.root / "mlflow", secrets), **marker},
                     cfg.mlflow_port, f"{cfg.mlflow_url}/health"),
         ServiceSpec("serving", [venv_bin("gunicorn"), "-c", str(REPO_ROOT / "serving" / "gunicorn.conf.py"),
                                 "serving.app:create_app()"],
@@ -108,7 +110,9 @@ def service_specs(cfg: StackConfig, secrets: dict) -> list[ServiceSpec]:
         ServiceSpec("airflow-api-server", [airflow_bin, "api-server", "--host", cfg.host, "--port", str(cfg.airflow_port),
                                            "--workers", "1"],
                     airflow, cfg.airflow_port, f"{cfg.airflow_url}/api/v2/monitor/health", 240),
-        ServiceSpec("airflow-scheduler", [airflow_bin, "scheduler"], airflow),
+        # No log servers: they bind every interface (Airflow hard-codes the host) and are not needed
+        # here, since the api-server reads task and trigger logs from the shared local log folder.
+        ServiceSpec("airflow-scheduler", [airflow_bin, "scheduler", "--skip-serve-logs"], airflow),
         ServiceSpec("airflow-dag-processor", [airflow_bin, "dag-processor"], airflow),
-        ServiceSpec("airflow-triggerer", [airflow_bin, "triggerer"], airflow),
+        ServiceSpec("airflow-triggerer", [airflow_bin, "triggerer", "--skip-serve-logs"], airflow),
     ]
