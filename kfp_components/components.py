@@ -15,26 +15,34 @@ COMPONENT_IMAGE = os.environ.get("COMPONENT_IMAGE", "driftloop/components:0.1.0"
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
-def load_data(data_uri: str, dataset: Output[Dataset], label_column: str = "target", feedback_url: str = ""):
-    """Read the training table (bundled iris when data_uri is empty), add labelled feedback from the
-    serving app when feedback_url is set, check it, and write it as CSV with its description."""
+def load_data(data_uri: str, dataset: Output[Dataset], feedback: Output[Dataset], label_column: str = "target",
+              feedback_url: str = ""):
+    """Read the training table (bundled iris when data_uri is empty) into `dataset` and the labelled
+    feedback from the serving app (when feedback_url is set) into `feedback`, a separate table with the
+    same columns (no rows without feedback): feedback keeps its provenance so that it never enters the
+    trusted held-out set."""
     import os
 
-    from kfp_components.steps.data import describe, load_training_frame
+    from kfp_components.steps.data import describe, load_training_data
 
-    frame = load_training_frame(data_uri, label_column, feedback_url, os.environ.get("SERVING_ADMIN_TOKEN"))
-    frame.to_csv(dataset.path, index=False)
-    dataset.metadata.update(describe(frame, label_column))
+    data = load_training_data(data_uri, label_column, feedback_url, os.environ.get("SERVING_ADMIN_TOKEN"))
+    data.base.to_csv(dataset.path, index=False)
+    dataset.metadata.update(describe(data.base, label_column))
+    data.feedback.to_csv(feedback.path, index=False)
+    feedback.metadata.update({**describe(data.feedback, label_column), "provenance": "feedback"})
     print(f"Loaded {dataset.metadata['rows']} rows, features {dataset.metadata['feature_names']}, "
-          f"classes {dataset.metadata['class_counts']}")
+          f"classes {dataset.metadata['class_counts']}; {feedback.metadata['rows']} feedback rows, "
+          f"classes {feedback.metadata['class_counts']}")
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def train_model(
     dataset: Input[Dataset],
+    feedback: Input[Dataset],
     mlflow_uri: str,
     metrics: Output[Metrics],
     holdout: Output[Dataset],
+    feedback_holdout: Output[Dataset],
     experiment_name: str = "retrain",
     label_column: str = "target",
     n_estimators: int = 100,
@@ -43,19 +51,27 @@ def train_model(
     test_size: float = 0.2,
     run_tag: str = "",
 ) -> str:
-    """Train a candidate and log it with its drift reference to MLflow; returns the MLflow run id."""
+    """Train a candidate on the data set plus the feedback's training share and log it with its drift
+    reference to MLflow; writes the trusted held-out rows (data set only) and the held-out feedback rows
+    as separate artifacts; returns the MLflow run id."""
     import pandas as pd
 
     from kfp_components.steps.train import TrainConfig, train_and_log
 
     frame = pd.read_csv(dataset.path)
+    feedback_frame = pd.read_csv(feedback.path)
     cfg = TrainConfig(n_estimators=n_estimators, max_depth=max_depth, random_state=random_state, test_size=test_size)
-    result = train_and_log(frame, label_column, mlflow_uri, experiment_name, cfg, run_tag, dataset.uri)
+    result = train_and_log(frame, label_column, mlflow_uri, experiment_name, cfg, run_tag, dataset.uri,
+                           feedback=feedback_frame)
     result.holdout.to_csv(holdout.path, index=False)
-    holdout.metadata["rows"] = len(result.holdout)
-    for name in ("accuracy", "f1_weighted"):
-        metrics.log_metric(name, result.metrics[name])
-    print(f"MLflow run {result.run_id}: accuracy {result.metrics['accuracy']:.4f}, ONNX parity {result.onnx_parity}")
+    holdout.metadata.update({"rows": len(result.holdout), "provenance": "data set"})
+    result.feedback_holdout.to_csv(feedback_holdout.path, index=False)
+    feedback_holdout.metadata.update({"rows": len(result.feedback_holdout), "provenance": "feedback"})
+    for name in ("accuracy", "f1_weighted", "feedback_accuracy"):
+        if name in result.metrics:
+            metrics.log_metric(name, result.metrics[name])
+    print(f"MLflow run {result.run_id}: accuracy {result.metrics['accuracy']:.4f} on {len(result.holdout)} trusted "
+          f"held-out rows, {len(result.feedback_holdout)} held-out feedback rows, ONNX parity {result.onnx_parity}")
     return result.run_id
 
 
@@ -63,19 +79,21 @@ def train_model(
 def validate_model(
     run_id: str,
     holdout: Input[Dataset],
+    feedback_holdout: Input[Dataset],
     mlflow_uri: str,
     model_name: str,
     label_column: str = "target",
     min_accuracy: float = 0.9,
     tolerance: float = 0.0,
 ) -> bool:
-    """True when the candidate reaches min_accuracy and is not worse than the champion."""
+    """True when the candidate reaches min_accuracy on the trusted held-out rows and is not worse than
+    the champion there nor on the held-out feedback rows (see kfp_components.steps.validate)."""
     import pandas as pd
 
     from kfp_components.steps.validate import validate_candidate
 
     decision = validate_candidate(run_id, pd.read_csv(holdout.path), label_column, mlflow_uri, model_name,
-                                  min_accuracy, tolerance)
+                                  min_accuracy, tolerance, feedback_holdout=pd.read_csv(feedback_holdout.path))
     return decision.accepted
 
 

@@ -33,6 +33,7 @@ def retrain_pipeline(
     data.set_caching_options(False)
     train = train_model(
         dataset=data.outputs["dataset"],
+        feedback=data.outputs["feedback"],
         mlflow_uri=mlflow_uri,
         experiment_name=experiment_name,
         label_column=label_column,
@@ -46,6 +47,7 @@ def retrain_pipeline(
     validate = validate_model(
         run_id=train.outputs["Output"],
         holdout=train.outputs["holdout"],
+        feedback_holdout=train.outputs["feedback_holdout"],
         mlflow_uri=mlflow_uri,
         model_name=model_name,
         label_column=label_column,

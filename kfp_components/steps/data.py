@@ -1,11 +1,16 @@
 """Reading and checking training data: a CSV or Parquet table (or the bundled iris set) whose label
-column holds the classes and whose every other column is a numeric feature, optionally extended by
-labelled feedback exported by the serving app."""
+column holds the classes and whose every other column is a numeric feature, and, apart from it, the
+labelled feedback exported by the serving app.
+
+The two are never merged here: the data set's own rows are the only ones trusted to judge a candidate
+(see `kfp_components.steps.train.split_with_feedback`), so feedback keeps its provenance by travelling
+as a table of its own with the same columns."""
 from __future__ import annotations
 
 import io
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -111,10 +116,19 @@ def check_frame(frame: pd.DataFrame, label_column: str, source: str, min_rows: i
     return features_frame
 
 
-def merge_feedback(base: pd.DataFrame, feedback: pd.DataFrame, label_column: str, feedback_url: str) -> pd.DataFrame:
-    """Append feedback rows; their features must be the base data's features."""
+@dataclass
+class TrainingData:
+    """The data set's own rows and the feedback rows, checked, with the same columns (features, then
+    the label). `feedback` has no rows when there is no feedback."""
+    base: pd.DataFrame
+    feedback: pd.DataFrame
+
+
+def check_feedback(base: pd.DataFrame, feedback: pd.DataFrame, label_column: str, feedback_url: str) -> pd.DataFrame:
+    """Feedback rows checked against the data set: the same features in the same order; returned with
+    the base table's columns and label type (no rows when there is no feedback)."""
     if feedback.empty:
-        return base
+        return base.iloc[0:0].copy()
     if FEEDBACK_LABEL_COLUMN in feedback.columns and label_column != FEEDBACK_LABEL_COLUMN:
         feedback = feedback.rename(columns={FEEDBACK_LABEL_COLUMN: label_column})
     base_features = [c for c in base.columns if c != label_column]
@@ -123,16 +137,20 @@ def merge_feedback(base: pd.DataFrame, feedback: pd.DataFrame, label_column: str
         raise StepError(f"feedback_url {feedback_url!r}: feedback features {fb_features} differ from the training data's {base_features}")
     checked = check_frame(feedback, label_column, f"feedback_url {feedback_url!r}", min_rows=1, min_classes=1)
     checked[label_column] = checked[label_column].astype(base[label_column].dtype, errors="ignore")
-    return pd.concat([base, checked], ignore_index=True)
+    return checked.reset_index(drop=True)
 
 
-def load_training_frame(data_uri: str, label_column: str = "target", feedback_url: str = "",
-                        token: str | None = None) -> pd.DataFrame:
+def load_training_frame(data_uri: str, label_column: str = "target") -> pd.DataFrame:
+    """The data set's own rows, checked (no feedback)."""
     source = f"data_uri {data_uri!r}" if data_uri else "bundled iris data"
-    frame = check_frame(read_table(data_uri), label_column, source)
-    if feedback_url:
-        frame = merge_feedback(frame, fetch_feedback(feedback_url, token), label_column, feedback_url)
-    return frame
+    return check_frame(read_table(data_uri), label_column, source)
+
+
+def load_training_data(data_uri: str, label_column: str = "target", feedback_url: str = "",
+                       token: str | None = None) -> TrainingData:
+    base = load_training_frame(data_uri, label_column)
+    feedback = fetch_feedback(feedback_url, token) if feedback_url else pd.DataFrame()
+    return TrainingData(base, check_feedback(base, feedback, label_column, feedback_url))
 
 
 def describe(frame: pd.DataFrame, label_column: str) -> dict:

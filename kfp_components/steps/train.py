@@ -1,6 +1,9 @@
 """Training a candidate and recording everything about it in one MLflow run: parameters, metrics,
-the model with its signature, the drift reference (training features), the held-out split, and an
-ONNX copy that serving may use when it predicts exactly like the sklearn model."""
+the model with its signature, the drift reference (training features), the held-out splits, and an
+ONNX copy that serving may use when it predicts exactly like the sklearn model.
+
+Feedback rows train the candidate but never judge it on the trusted held-out set: that set is made
+of the data set's own rows only. Held-out feedback rows form a second, separate held-out set."""
 from __future__ import annotations
 
 import json
@@ -45,8 +48,17 @@ class TrainConfig:
 class TrainResult:
     run_id: str
     metrics: dict
-    holdout: pd.DataFrame
+    holdout: pd.DataFrame  # trusted: the data set's own held-out rows, never feedback
     onnx_parity: bool
+    feedback_holdout: pd.DataFrame | None = None  # held-out feedback rows (none without feedback)
+
+
+@dataclass
+class Splits:
+    train: pd.DataFrame  # the data set's training rows followed by the feedback training rows
+    holdout: pd.DataFrame  # trusted held-out rows: from the data set only
+    feedback_train: pd.DataFrame
+    feedback_holdout: pd.DataFrame
 
 
 def row_buckets(frame: pd.DataFrame) -> np.ndarray:
@@ -58,11 +70,11 @@ def row_buckets(frame: pd.DataFrame) -> np.ndarray:
 def split(frame: pd.DataFrame, label_column: str, cfg: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Held-out rows are chosen by a hash of their content, not by a random permutation.
 
-    Retraining data grows (feedback rows are appended), and a random split of the grown table would
-    score the champion on rows it was trained on, so a better candidate could lose to it. With a
-    content hash a row is held out for every model whose data contained it: champion and candidate
-    are compared on rows neither has learned. Falls back to a seeded random split when the hash leaves
-    the held-out set empty or the training set with a single class (tiny tables)."""
+    Retraining data grows (the data set is extended, feedback rows arrive), and a random split of the
+    grown table would score the champion on rows it was trained on, so a better candidate could lose
+    to it. With a content hash a row is held out for every model whose data contained it: champion
+    and candidate are compared on rows neither has learned. Falls back to a seeded random split when
+    the hash leaves the held-out set empty or the training set with a single class (tiny tables)."""
     holdout_mask = row_buckets(frame) < cfg.test_size
     train, holdout = frame[~holdout_mask], frame[holdout_mask]
     if len(holdout) and train[label_column].nunique() >= 2:
@@ -73,6 +85,39 @@ def split(frame: pd.DataFrame, label_column: str, cfg: TrainConfig) -> tuple[pd.
         return train_test_split(frame, test_size=cfg.test_size, random_state=cfg.random_state, stratify=stratify)
     except ValueError:
         return train_test_split(frame, test_size=cfg.test_size, random_state=cfg.random_state)
+
+
+def align_feedback(base: pd.DataFrame, feedback: pd.DataFrame | None) -> pd.DataFrame:
+    """Feedback with the base table's columns and dtypes, so that a feedback row with the same content
+    as a base row hashes like it (CSV round trips may read 7.0 back as the integer 7)."""
+    if feedback is None or feedback.empty:
+        return base.iloc[0:0].copy()
+    missing = [c for c in base.columns if c not in feedback.columns]
+    if missing or len(feedback.columns) != len(base.columns):
+        raise StepError(f"feedback columns {list(map(str, feedback.columns))} differ from the data set's {list(base.columns)}")
+    try:
+        return feedback[list(base.columns)].astype(base.dtypes.to_dict()).reset_index(drop=True)
+    except (TypeError, ValueError) as exc:
+        raise StepError(f"feedback rows do not have the data set's column types {base.dtypes.astype(str).to_dict()}: {exc}") from exc
+
+
+def split_with_feedback(base: pd.DataFrame, feedback: pd.DataFrame | None, label_column: str,
+                        cfg: TrainConfig) -> Splits:
+    """The data set's rows are split as by `split` (the trusted held-out set is exactly the one without
+    feedback); feedback rows are split by the same content hash into training rows and a feedback
+    held-out set, and never enter the trusted one. A feedback row that repeats a trusted held-out row
+    (same features and label) is held out with the feedback: copies of the trusted rows cannot be
+    posted into the training data to lift a candidate's trusted score."""
+    base_train, holdout = split(base, label_column, cfg)
+    feedback = align_feedback(base, feedback)
+    if feedback.empty:
+        return Splits(base_train, holdout, feedback, feedback)
+    trusted = set(pd.util.hash_pandas_object(holdout, index=False).tolist())
+    repeats = pd.util.hash_pandas_object(feedback, index=False).isin(trusted).to_numpy()
+    held = (row_buckets(feedback) < cfg.test_size) | repeats
+    feedback_train, feedback_holdout = feedback[~held], feedback[held]
+    train = pd.concat([base_train, feedback_train], ignore_index=True) if len(feedback_train) else base_train
+    return Splits(train, holdout, feedback_train, feedback_holdout)
 
 
 def build_estimator(cfg: TrainConfig) -> RandomForestClassifier:
@@ -132,20 +177,28 @@ def _pip_requirements() -> list[str]:
 
 
 def train_and_log(frame: pd.DataFrame, label_column: str, mlflow_uri: str, experiment_name: str,
-                  cfg: TrainConfig, run_tag: str = "", source: str = "") -> TrainResult:
+                  cfg: TrainConfig, run_tag: str = "", source: str = "",
+                  feedback: pd.DataFrame | None = None) -> TrainResult:
+    """Train on `frame` (the data set) plus the training share of `feedback`; metrics are measured on
+    the trusted held-out rows (from `frame` only), `feedback_accuracy` on the held-out feedback rows."""
     cfg.check()
     connect(mlflow_uri)
     import mlflow
     from mlflow.models import infer_signature
 
-    train, holdout = split(frame, label_column, cfg)
+    parts = split_with_feedback(frame, feedback, label_column, cfg)
+    train, holdout, feedback_holdout = parts.train, parts.holdout, parts.feedback_holdout
     features = [c for c in frame.columns if c != label_column]
     x_train, y_train = train[features], train[label_column]
     x_hold, y_hold = holdout[features], holdout[label_column]
 
     model = build_estimator(cfg).fit(x_train, y_train)
     metrics = evaluate(model, x_hold, y_hold)
-    onnx_payload = export_onnx(model, x_hold)
+    if len(feedback_holdout):
+        metrics["feedback_accuracy"] = float(accuracy_score(feedback_holdout[label_column],
+                                                            model.predict(feedback_holdout[features])))
+    held_out = pd.concat([x_hold, feedback_holdout[features]], ignore_index=True) if len(feedback_holdout) else x_hold
+    onnx_payload = export_onnx(model, held_out)
 
     mlflow.set_experiment(experiment_name)
     tags = {"feature_names": json.dumps(features), "label_column": label_column,
@@ -153,7 +206,9 @@ def train_and_log(frame: pd.DataFrame, label_column: str, mlflow_uri: str, exper
             "onnx_parity": str(onnx_payload is not None).lower()}
     with mlflow.start_run(run_name=run_tag or None, tags=tags) as run:
         mlflow.log_params({**cfg.__dict__, "estimator": "RandomForestClassifier",
-                           "train_rows": len(train), "holdout_rows": len(holdout)})
+                           "train_rows": len(train), "holdout_rows": len(holdout),
+                           "feedback_train_rows": len(parts.feedback_train),
+                           "feedback_holdout_rows": len(feedback_holdout)})
         mlflow.log_metrics(metrics)
         logged = mlflow.sklearn.log_model(
             model,
@@ -172,9 +227,14 @@ def train_and_log(frame: pd.DataFrame, label_column: str, mlflow_uri: str, exper
             holdout_path = Path(tmp) / "holdout.csv"
             holdout.to_csv(holdout_path, index=False)
             mlflow.log_artifact(str(holdout_path), "eval")
+            if len(feedback_holdout):
+                feedback_path = Path(tmp) / "feedback_holdout.csv"
+                feedback_holdout.to_csv(feedback_path, index=False)
+                mlflow.log_artifact(str(feedback_path), "eval")
             if onnx_payload is not None:
                 onnx_path = Path(tmp) / Path(ONNX_ARTIFACT).name
                 onnx_path.write_bytes(onnx_payload)
                 mlflow.log_artifact(str(onnx_path), Path(ONNX_ARTIFACT).parent.as_posix())
         run_id = run.info.run_id
-    return TrainResult(run_id=run_id, metrics=metrics, holdout=holdout, onnx_parity=onnx_payload is not None)
+    return TrainResult(run_id=run_id, metrics=metrics, holdout=holdout, onnx_parity=onnx_payload is not None,
+                       feedback_holdout=feedback_holdout)

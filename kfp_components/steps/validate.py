@@ -1,8 +1,23 @@
-"""Deciding whether a candidate may replace the champion: it must reach `min_accuracy` and must not
-be worse than the current champion on the same held-out data (by more than `tolerance`). The
-decision and its reason are written to the candidate's MLflow run."""
+"""Deciding whether a candidate may replace the champion.
+
+Labels cannot buy a promotion: feedback (labelled rows posted to the serving app) trains the
+candidate, but the candidate is judged first on the **trusted held-out rows**, the data set's own
+held-out rows, which feedback never enters (`kfp_components.steps.train.split_with_feedback`):
+
+1. its accuracy there must reach `min_accuracy`;
+2. with a champion, it must not be worse than the champion there (by more than `tolerance`);
+3. with a champion and held-out feedback rows, it must not be worse than the champion on those
+   either (by more than `tolerance`): a retrain on new labels must not do worse on them than the
+   model that never saw them. Ties pass, so a retrain after an honest shift whose labels the champion
+   already gets right is still accepted (the loop settles: the new version brings the new drift
+   reference).
+
+Poisoned feedback can win rule 3 on its own poisoned labels, never rule 2. The decision, its reason
+and the scores of candidate and champion on both sets are written to the candidate's MLflow run.
+"""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pandas as pd
@@ -11,47 +26,102 @@ from sklearn.metrics import accuracy_score
 from kfp_components.steps.errors import StepError
 from kfp_components.steps.tracking import candidate_model_uri, connect, get_champion, run_feature_names
 
+TRUSTED = "the trusted held-out rows"
+FEEDBACK = "the held-out feedback rows"
+
 
 @dataclass
 class Decision:
     accepted: bool
     reason: str
-    candidate_accuracy: float
-    champion_accuracy: float | None = None
+    candidate_accuracy: float  # on the trusted held-out rows
+    champion_accuracy: float | None = None  # on the trusted held-out rows
     champion_version: str | None = None
+    candidate_feedback_accuracy: float | None = None  # on the held-out feedback rows
+    champion_feedback_accuracy: float | None = None
+
+    def scores(self, trusted_rows: int | None = None, feedback_rows: int | None = None) -> dict:
+        return {
+            "trusted": {"rows": trusted_rows, "candidate": self.candidate_accuracy, "champion": self.champion_accuracy},
+            "feedback": {"rows": feedback_rows, "candidate": self.candidate_feedback_accuracy,
+                         "champion": self.champion_feedback_accuracy},
+            "champion_version": self.champion_version,
+        }
 
 
 def decide(candidate_accuracy: float, min_accuracy: float, champion_accuracy: float | None,
-           tolerance: float = 0.0, champion_version: str | None = None) -> Decision:
-    """The rule itself, free of MLflow."""
+           tolerance: float = 0.0, champion_version: str | None = None,
+           candidate_feedback_accuracy: float | None = None,
+           champion_feedback_accuracy: float | None = None) -> Decision:
+    """The rule itself, free of MLflow. `candidate_accuracy`/`champion_accuracy` are on the trusted
+    held-out rows; the feedback pair on the held-out feedback rows (None when there are none)."""
+    def decision(accepted: bool, reason: str) -> Decision:
+        return Decision(accepted, reason, candidate_accuracy, champion_accuracy, champion_version,
+                        candidate_feedback_accuracy, champion_feedback_accuracy)
+
+    has_champion = champion_accuracy is not None
+    compare_feedback = (has_champion and candidate_feedback_accuracy is not None
+                        and champion_feedback_accuracy is not None)
+    failures = []  # every rule that fails is named, in the order of the rules
     if candidate_accuracy < min_accuracy:
-        return Decision(False, f"accuracy {candidate_accuracy:.4f} is below min_accuracy {min_accuracy:.4f}",
-                        candidate_accuracy, champion_accuracy, champion_version)
-    if champion_accuracy is not None and candidate_accuracy < champion_accuracy - tolerance:
-        return Decision(False, f"accuracy {candidate_accuracy:.4f} is worse than champion version "
-                               f"{champion_version} ({champion_accuracy:.4f}, tolerance {tolerance:.4f}) on the same held-out data",
-                        candidate_accuracy, champion_accuracy, champion_version)
-    against = (f"; champion version {champion_version} scores {champion_accuracy:.4f} on the same held-out data"
-               if champion_accuracy is not None else "; no champion to compare with")
-    return Decision(True, f"accuracy {candidate_accuracy:.4f} >= min_accuracy {min_accuracy:.4f}{against}",
-                    candidate_accuracy, champion_accuracy, champion_version)
+        failures.append(f"accuracy {candidate_accuracy:.4f} on {TRUSTED} is below min_accuracy {min_accuracy:.4f}")
+    if has_champion and candidate_accuracy < champion_accuracy - tolerance:
+        failures.append(f"accuracy {candidate_accuracy:.4f} is worse than champion version {champion_version} "
+                        f"({champion_accuracy:.4f}, tolerance {tolerance:.4f}) on {TRUSTED} (the data set's own, "
+                        f"never feedback)")
+    feedback_worse = compare_feedback and candidate_feedback_accuracy < champion_feedback_accuracy - tolerance
+    if feedback_worse:
+        failures.append(f"accuracy {candidate_feedback_accuracy:.4f} is worse than champion version "
+                        f"{champion_version} ({champion_feedback_accuracy:.4f}, tolerance {tolerance:.4f}) on {FEEDBACK}")
+    if failures:
+        if compare_feedback and not feedback_worse:  # e.g. poison: the candidate wins on its own labels
+            failures.append(f"on {FEEDBACK} it scores {candidate_feedback_accuracy:.4f}, the champion "
+                            f"{champion_feedback_accuracy:.4f}")
+        return decision(False, "; ".join(failures))
+    if has_champion:
+        against = f"; champion version {champion_version} scores {champion_accuracy:.4f} on {TRUSTED}"
+        if compare_feedback:
+            against += (f"; on {FEEDBACK} {candidate_feedback_accuracy:.4f} vs champion "
+                        f"{champion_feedback_accuracy:.4f}")
+        else:
+            against += "; no held-out feedback rows"
+    else:
+        against = "; no champion to compare with"
+    return decision(True, f"accuracy {candidate_accuracy:.4f} on {TRUSTED} >= min_accuracy {min_accuracy:.4f}{against}")
+
+
+def _accuracy(model, frame: pd.DataFrame | None, features: list[str], label_column: str) -> float | None:
+    if frame is None or frame.empty:
+        return None
+    return float(accuracy_score(frame[label_column], model.predict(frame[features])))
 
 
 def validate_candidate(run_id: str, holdout: pd.DataFrame, label_column: str, mlflow_uri: str,
-                       model_name: str, min_accuracy: float, tolerance: float = 0.0) -> Decision:
+                       model_name: str, min_accuracy: float, tolerance: float = 0.0,
+                       feedback_holdout: pd.DataFrame | None = None) -> Decision:
+    """`holdout`: the trusted held-out rows (the data set's own); `feedback_holdout`: the held-out
+    feedback rows, or None/empty when the candidate was trained without feedback."""
     if not 0.0 <= min_accuracy <= 1.01:
         raise StepError(f"min_accuracy={min_accuracy}: must be between 0 and 1 (values above 1 reject every candidate)")
     if tolerance < 0:
         raise StepError(f"tolerance={tolerance}: must not be negative")
+    if holdout.empty:
+        raise StepError("the trusted held-out set is empty: nothing to judge the candidate on")
     client = connect(mlflow_uri)
     import mlflow
 
     features = [c for c in holdout.columns if c != label_column]
-    x_hold, y_hold = holdout[features], holdout[label_column]
+    if feedback_holdout is not None and not feedback_holdout.empty:
+        if list(feedback_holdout.columns) != list(holdout.columns):
+            raise StepError(f"held-out feedback columns {list(feedback_holdout.columns)} differ from the trusted "
+                            f"held-out columns {list(holdout.columns)}")
+    else:
+        feedback_holdout = None
     candidate = mlflow.sklearn.load_model(candidate_model_uri(client, run_id))
-    candidate_accuracy = float(accuracy_score(y_hold, candidate.predict(x_hold)))
+    candidate_accuracy = _accuracy(candidate, holdout, features, label_column)
+    candidate_feedback_accuracy = _accuracy(candidate, feedback_holdout, features, label_column)
 
-    champion_accuracy = None
+    champion_accuracy = champion_feedback_accuracy = None
     champion = get_champion(client, model_name)
     if champion is not None:
         champion_features = run_feature_names(client, champion.run_id) if champion.run_id else None
@@ -65,13 +135,25 @@ def validate_candidate(run_id: str, holdout: pd.DataFrame, label_column: str, ml
             except Exception as exc:
                 raise StepError(f"champion {model_name} version {champion.version} cannot be loaded to compare "
                                 f"with: {exc}") from exc
-            champion_accuracy = float(accuracy_score(y_hold, champion_model.predict(x_hold)))
+            champion_accuracy = _accuracy(champion_model, holdout, features, label_column)
+            champion_feedback_accuracy = _accuracy(champion_model, feedback_holdout, features, label_column)
 
     decision = decide(candidate_accuracy, min_accuracy, champion_accuracy, tolerance,
-                      champion.version if champion is not None else None)
+                      champion.version if champion is not None else None,
+                      candidate_feedback_accuracy, champion_feedback_accuracy)
+    feedback_rows = 0 if feedback_holdout is None else len(feedback_holdout)
     client.set_tag(run_id, "validation_decision", "accepted" if decision.accepted else "rejected")
     client.set_tag(run_id, "validation_reason", decision.reason)
-    if champion_accuracy is not None:
-        client.log_metric(run_id, "champion_accuracy", champion_accuracy)
+    client.set_tag(run_id, "validation_scores", json.dumps(decision.scores(len(holdout), feedback_rows), sort_keys=True))
+    scores = {
+        "validation_trusted_accuracy": candidate_accuracy,
+        "validation_champion_trusted_accuracy": champion_accuracy,
+        "champion_accuracy": champion_accuracy,  # kept for dashboards made before the feedback split
+        "validation_feedback_accuracy": candidate_feedback_accuracy,
+        "validation_champion_feedback_accuracy": champion_feedback_accuracy,
+    }
+    for name, value in scores.items():
+        if value is not None:
+            client.log_metric(run_id, name, value)
     print(f"Validation {'PASSED' if decision.accepted else 'FAILED'}: {decision.reason}")
     return decision

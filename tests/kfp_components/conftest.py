@@ -26,6 +26,16 @@ def run_pipeline(mlflow_server, tmp_path):
 
 
 @pytest.fixture
+def feedback_export():
+    """The serving app's feedback export as load_data fetches it; `.serve(rows, labels)` returns its URL."""
+    from tests.kfp_components.feedback_data import FeedbackExport
+
+    export = FeedbackExport()
+    yield export
+    export.close()
+
+
+@pytest.fixture
 def mlflow_client(mlflow_server):
     from mlflow.tracking import MlflowClient
 

@@ -20,6 +20,12 @@ def test_compiled_pipeline_shape():
     # register and deploy sit under the dsl.If branch on the validation result
     condition = [t for t in tasks.values() if "triggerPolicy" in t]
     assert condition and "validate-model" in condition[0]["triggerPolicy"]["condition"]
+    # feedback travels apart from the data set: load_data -> train_model -> validate_model
+    train_inputs = tasks["train-model"]["inputs"]["artifacts"]
+    assert train_inputs["feedback"]["taskOutputArtifact"] == {"outputArtifactKey": "feedback", "producerTask": "load-data"}
+    validate_inputs = tasks["validate-model"]["inputs"]["artifacts"]
+    assert validate_inputs["feedback_holdout"]["taskOutputArtifact"]["producerTask"] == "train-model"
+    assert validate_inputs["holdout"]["taskOutputArtifact"]["outputArtifactKey"] == "holdout"
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert {"data_uri", "model_name", "min_accuracy", "deploy_target", "mlflow_uri", "run_tag"} <= set(params)
     assert params["model_name"]["defaultValue"] == "iris-model"

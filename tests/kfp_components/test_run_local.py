@@ -10,6 +10,7 @@ from sklearn.datasets import load_wine
 
 from kfp_components.steps.train import TrainConfig, train_and_log
 from kfp_components.steps.validate import validate_candidate
+from tests.kfp_components.feedback_data import TOKEN, setosa_like
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "pipeline-iris"
@@ -63,6 +64,32 @@ def test_candidate_worse_than_champion_is_rejected(mlflow_server, mlflow_client,
     assert "worse than champion version 1" in decision.reason
     assert mlflow_client.get_run(stump.run_id).data.tags["validation_decision"] == "rejected"
     assert champion(mlflow_client, MODEL).version == "1"
+
+
+def test_poisoned_feedback_is_rejected_by_the_pipeline(run_pipeline, mlflow_client, first_run, feedback_export,
+                                                       monkeypatch):
+    """load_data -> train_model -> validate_model keep feedback apart: 500 setosa-like rows labelled 2
+    train the candidate, which then loses to the champion on the trusted held-out rows."""
+    if "run_id" not in first_run:
+        pytest.skip("needs the first full run")
+    monkeypatch.setenv("SERVING_ADMIN_TOKEN", TOKEN)  # load_data reads the export token from the environment
+    url = feedback_export.serve(setosa_like(500), [2] * 500)
+    code, outcome, output = run_pipeline(model_name=MODEL, feedback_url=url, run_tag="it-poisoned")
+    assert code == 0, output[-3000:]
+    assert "500 feedback rows" in output
+    assert outcome["decision"] == "rejected", outcome
+    assert "worse than champion version 1" in outcome["reason"] and "on the trusted held-out rows" in outcome["reason"]
+    assert outcome["registered_version"] is None and champion(mlflow_client, MODEL).version == "1"
+    run = mlflow_client.get_run(outcome["run_id"])
+    scores = json.loads(run.data.tags["validation_scores"])
+    assert scores["trusted"]["rows"] == int(run.data.params["holdout_rows"])
+    assert scores["feedback"]["rows"] == int(run.data.params["feedback_holdout_rows"]) > 50
+    assert scores["trusted"]["candidate"] < scores["trusted"]["champion"]
+    assert scores["feedback"]["candidate"] > scores["feedback"]["champion"]
+    first = mlflow_client.get_run(first_run["run_id"])
+    assert run.data.params["holdout_rows"] == first.data.params["holdout_rows"]  # the same trusted rows
+    evaluation = {a.path for a in mlflow_client.list_artifacts(outcome["run_id"], "eval")}
+    assert evaluation == {"eval/holdout.csv", "eval/feedback_holdout.csv"}
 
 
 @pytest.mark.parametrize("params, message", [

@@ -1,13 +1,11 @@
 """Reading and checking training data, apart from KFP."""
-import http.server
-import threading
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from kfp_components.steps.data import check_frame, describe, load_training_frame, read_table
+from kfp_components.steps.data import check_frame, describe, load_training_data, load_training_frame, read_table
 from kfp_components.steps.errors import StepError
+from tests.kfp_components.feedback_data import TOKEN
 
 
 def test_bundled_iris_is_the_default():
@@ -60,47 +58,31 @@ def test_missing_and_unreadable_files(tmp_path):
         read_table("s3://bucket/data.csv")
 
 
-class _FeedbackHandler(http.server.BaseHTTPRequestHandler):
-    body = ""
-    token = "secret"
-
-    def do_GET(self):  # noqa: N802 - http.server's naming
-        if self.headers.get("Authorization") != f"Bearer {self.token}":
-            self.send_response(401)
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/csv")
-        self.end_headers()
-        self.wfile.write(self.body.encode())
-
-    def log_message(self, *args):
-        pass
+def test_feedback_is_kept_apart_from_the_data_set(feedback_export):
+    """Feedback keeps its provenance: a table of its own with the data set's columns, never merged in."""
+    url = feedback_export.serve([[7.1, 5.5, 3.4, 2.2], [7.0, 5.4, 3.5, 2.1]], [2, 2])
+    data = load_training_data("", feedback_url=url, token=TOKEN)
+    assert len(data.base) == 150 and describe(data.base, "target")["class_counts"] == '{"0": 50, "1": 50, "2": 50}'
+    assert list(data.feedback.columns) == list(data.base.columns)
+    assert data.feedback.to_numpy().tolist() == [[7.1, 5.5, 3.4, 2.2, 2], [7.0, 5.4, 3.5, 2.1, 2]]
+    assert data.feedback["target"].dtype == data.base["target"].dtype
+    pd.testing.assert_frame_equal(data.base, load_training_frame(""))  # the data set stays as it is
 
 
-@pytest.fixture
-def feedback_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FeedbackHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/feedback/export"
-    server.shutdown()
+def test_no_feedback_is_an_empty_table_with_the_columns():
+    data = load_training_data("")
+    assert data.feedback.empty and list(data.feedback.columns) == list(data.base.columns)
 
 
-def test_feedback_rows_are_appended(feedback_server):
-    _FeedbackHandler.body = "sepal_length,sepal_width,petal_length,petal_width,target\n7.1,5.5,3.4,2.2,2\n7.0,5.4,3.5,2.1,2\n"
-    frame = load_training_frame("", feedback_url=feedback_server, token="secret")
-    assert len(frame) == 152
-    assert frame.iloc[-1].tolist() == [7.0, 5.4, 3.5, 2.1, 2]
-
-
-def test_feedback_errors_name_the_url(feedback_server):
+def test_feedback_errors_name_the_url(feedback_export):
+    url = feedback_export.serve([[7.1, 5.5, 3.4, 2.2]], [2])
     with pytest.raises(StepError, match="HTTP 401; set SERVING_ADMIN_TOKEN"):
-        load_training_frame("", feedback_url=feedback_server, token="wrong")
-    _FeedbackHandler.body = "x,y,target\n1,2,0\n"
+        load_training_data("", feedback_url=url, token="wrong")
+    feedback_export.body = "x,y,target\n1,2,0\n"
     with pytest.raises(StepError, match="feedback features \\['x', 'y'\\] differ"):
-        load_training_frame("", feedback_url=feedback_server, token="secret")
+        load_training_data("", feedback_url=url, token=TOKEN)
     with pytest.raises(StepError, match="not reachable"):
-        load_training_frame("", feedback_url="http://127.0.0.1:9/feedback/export", token="secret")
+        load_training_data("", feedback_url="http://127.0.0.1:9/feedback/export", token=TOKEN)
 
 
 def test_check_frame_keeps_float_features_and_label():
