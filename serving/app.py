@@ -20,7 +20,7 @@ from serving import metrics
 from serving.blueprints import ALL as BLUEPRINTS
 from serving.config import ServingConfig
 from serving.fastpath import PredictFastPath
-from serving.http import ServingContext, register_error_handlers
+from serving.http import ServingContext, endpoint_label, register_error_handlers
 from serving.manager import ModelManager
 from serving.model import MlflowModelLoader
 from serving.store import SQLiteStore
@@ -67,7 +67,7 @@ def _install_request_metrics(app: Flask) -> None:
         t0 = g.get("_t0")
         if t0 is None:
             return response
-        rule = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        rule = endpoint_label()  # a route pattern or "<unmatched>": bounded, unlike the raw path
         metrics.observe_request(request.method, rule, response.status_code, perf() - t0)
         response.headers["X-Serving-Worker"] = str(os.getpid())  # which worker answered (debugging, tests)
         return response

@@ -43,8 +43,9 @@ class ServingConfig:
     # state shared by all workers and restarts
     state_dir: str = field(default=".stack/serving", metadata={"env": "SERVING_STATE_DIR"})
     db_path: str = field(default="", metadata={"env": "SERVING_DB_PATH"})  # "" = <state_dir>/serving.sqlite3
-    # admin
+    # credentials (bearer tokens; empty = the endpoints they guard are disabled)
     admin_token: str = field(default="", metadata={"env": "SERVING_ADMIN_TOKEN"})
+    feedback_token: str = field(default="", metadata={"env": "SERVING_FEEDBACK_TOKEN"})
     # input limits
     max_batch: int = field(default=1000, metadata={"env": "SERVING_MAX_BATCH"})
     max_body_bytes: int = field(default=1_048_576, metadata={"env": "SERVING_MAX_BODY_BYTES"})
@@ -52,8 +53,8 @@ class ServingConfig:
     load_retry_seconds: float = field(default=15.0, metadata={"env": "SERVING_LOAD_RETRY_SECONDS"})
     # how often a worker re-reads the shared 'served version' record even without a change signal
     sync_interval_seconds: float = field(default=0.0, metadata={"env": "SERVING_SYNC_INTERVAL_SECONDS"})
-    # follow the registry alias without a reload call (seconds between checks; 0 = off)
-    follow_alias_seconds: float = field(default=0.0, metadata={"env": "SERVING_FOLLOW_ALIAS_SECONDS"})
+    # (no setting makes the app follow the registry alias by itself: only POST /model/reload moves
+    # the served version, see serving/manager.py)
 
     @property
     def resolved_db_path(self) -> Path:
@@ -120,3 +121,9 @@ class ServingConfig:
             raise ConfigError("SERVING_MAX_BODY_BYTES must be >= 64")
         if not self.model_name:
             raise ConfigError("MODEL_NAME must not be empty")
+        for name, token in (("SERVING_ADMIN_TOKEN", self.admin_token), ("SERVING_FEEDBACK_TOKEN", self.feedback_token)):
+            if token != token.strip() or any(not 0x21 <= ord(ch) <= 0x7E for ch in token):
+                raise ConfigError(f"{name} must be printable ASCII without spaces (it travels as a bearer token)")
+        if self.feedback_token and self.feedback_token == self.admin_token:
+            raise ConfigError("SERVING_FEEDBACK_TOKEN must differ from SERVING_ADMIN_TOKEN: the labelling "
+                              "service's credential must not be the admin credential")

@@ -1,4 +1,6 @@
-"""Flask glue shared by the blueprints: the app context object, JSON responses and errors, admin auth.
+"""Flask glue shared by the blueprints: the app context object, JSON responses and errors, bearer-token
+auth (admin endpoints: SERVING_ADMIN_TOKEN; POST /feedback: SERVING_FEEDBACK_TOKEN or the admin token;
+one constant-time comparison routine for both), the bounded endpoint label of the request metrics.
 
 Every error leaves the app as JSON `{"error": "..."}` with its status code, including 404/405/413
 raised by Flask itself and unexpected exceptions (500, never an HTML page).
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
-from flask import Flask, current_app, request
+from flask import Flask, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from serving import metrics
@@ -67,6 +69,38 @@ def require_model() -> Active:
     return active
 
 
+def endpoint_label() -> str:
+    """The metrics/endpoint label of this request: its route pattern, or "<unmatched>" (404, 405)."""
+    rule = request.url_rule
+    return rule.rule if rule is not None else metrics.UNMATCHED_ENDPOINT
+
+
+ADMIN = "admin"
+FEEDBACK = "feedback"
+
+
+def bearer_credential(tokens: dict[str, str], realm: str, what: str, hint: str) -> str:
+    """Which of `tokens` ({kind: configured token}) the request's `Authorization: Bearer` header holds.
+
+    Every configured token is compared, each in constant time (hmac.compare_digest), so neither the
+    token nor which kind matched leaks through timing. Raises ApiError 401 with a
+    `WWW-Authenticate: Bearer` challenge when the header is missing, not Bearer, or matches none.
+    """
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    challenge = {"WWW-Authenticate": f'Bearer realm="{realm}"'}
+    if scheme.lower() != "bearer" or not value.strip():
+        raise ApiError(401, f"{what} token required: send 'Authorization: Bearer <{hint}>'", challenge)
+    presented = value.strip().encode("utf-8", "surrogateescape")
+    matched = None
+    for kind, token in tokens.items():
+        if token and hmac.compare_digest(presented, token.encode("utf-8")) and matched is None:
+            matched = kind
+    if matched is None:
+        raise ApiError(401, f"invalid {what} token", challenge)
+    return matched
+
+
 def require_admin(view):
     """Bearer-token guard for admin endpoints (token from SERVING_ADMIN_TOKEN)."""
 
@@ -75,13 +109,26 @@ def require_admin(view):
         token = ctx().config.admin_token
         if not token:
             raise ApiError(403, "admin endpoints are disabled: SERVING_ADMIN_TOKEN is not set")
-        header = request.headers.get("Authorization", "")
-        scheme, _, value = header.partition(" ")
-        challenge = {"WWW-Authenticate": 'Bearer realm="serving-admin"'}
-        if scheme.lower() != "bearer" or not value.strip():
-            raise ApiError(401, "admin token required: send 'Authorization: Bearer <SERVING_ADMIN_TOKEN>'", challenge)
-        if not hmac.compare_digest(value.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8")):
-            raise ApiError(401, "invalid admin token", challenge)
+        g.credential = bearer_credential({ADMIN: token}, "serving-admin", "admin", "SERVING_ADMIN_TOKEN")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def require_feedback_credential(view):
+    """Bearer-token guard of POST /feedback: SERVING_FEEDBACK_TOKEN (a labelling service's own
+    credential) or SERVING_ADMIN_TOKEN. Disabled (403) while SERVING_FEEDBACK_TOKEN is not set,
+    whatever the admin token: accepting labels is an explicit decision of the deployment.
+    The kind of credential that matched ("feedback" or "admin") is left in `g.credential`."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        cfg = ctx().config
+        if not cfg.feedback_token:
+            raise ApiError(403, "feedback is disabled: SERVING_FEEDBACK_TOKEN is not set "
+                                "(set it to the token the labelling service sends as a bearer token)")
+        g.credential = bearer_credential({FEEDBACK: cfg.feedback_token, ADMIN: cfg.admin_token},
+                                         "serving-feedback", "feedback", "SERVING_FEEDBACK_TOKEN")
         return view(*args, **kwargs)
 
     return wrapper
@@ -94,7 +141,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(InputError)
     def _input_error(exc: InputError):
-        endpoint = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        endpoint = endpoint_label()
         metrics.INPUT_ERRORS.labels(endpoint).inc()
         return error_response(exc.status, exc.message)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -135,9 +136,30 @@ def _label(value: Any, where: str) -> int | str:
     raise InputError(f"{where} must be an integer (or a class name string), got {_json_type(value)}")
 
 
+SOURCE_MAX_LENGTH = 64
+# letters, digits and ' ._:/@+-', starting with a letter or digit: short, printable, one line, and
+# never a spreadsheet formula when the provenance export is opened as CSV (no leading = + - @)
+SOURCE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:/@+-]*")
+SOURCE_PATTERN_JSON = "^[A-Za-z0-9][A-Za-z0-9 ._:/@+-]*$"  # the same rule for the OpenAPI document
+
+
+def parse_feedback_source(data: dict) -> str | None:
+    """The optional caller-given `source` of a feedback body (who or what labelled the rows)."""
+    if "source" not in data:
+        return None
+    value = data["source"]
+    if not isinstance(value, str):
+        raise InputError(f"source must be a string, got {_json_type(value)}")
+    if not 1 <= len(value) <= SOURCE_MAX_LENGTH or SOURCE_PATTERN.fullmatch(value) is None:
+        raise InputError(f"source must be 1-{SOURCE_MAX_LENGTH} characters: letters, digits and ' ._:/@+-', "
+                         "starting with a letter or digit")
+    return value
+
+
 def parse_feedback(data: dict, n_features: int, max_batch: int) -> tuple[np.ndarray, list[int | str]]:
-    """`{"features": [..], "label": y}` or `{"instances": [[..]], "labels": [y, ..]}`."""
-    key = _check_keys(data, ("features", "instances", "label", "labels"), ("features", "instances"))
+    """`{"features": [..], "label": y}` or `{"instances": [[..]], "labels": [y, ..]}`, each with an
+    optional `"source": "..."` (read by `parse_feedback_source`)."""
+    key = _check_keys(data, ("features", "instances", "label", "labels", "source"), ("features", "instances"))
     if key == "features":
         X, _ = parse_rows({"features": data["features"]}, n_features, max_batch)
         if "labels" in data:

@@ -9,6 +9,15 @@ attribute assignment and a request keeps the `Active` object it started with.
 
 If a load fails the worker keeps the model it has, remembers the error (shown by /health and
 /model/info) and retries at most every `retry_seconds`, also when it has no model at all yet.
+
+The registry decides nothing by itself: a starting or restarting worker serves the version in the
+served record, whatever the registry alias points to now. Only `reload()` (the authenticated
+`POST /model/reload`, called by the pipeline's deploy step or an admin) moves the record to the alias
+target. The alias is adopted without a reload only on the very first start, when there is no served
+record yet. If the recorded version cannot be loaded the worker does not fall back to the alias
+target (that would let whoever can break or delete a model version in the registry choose the
+served model): it has no model (503, the reason names the version), retries every `retry_seconds`,
+and an admin reload is the way to another version.
 """
 from __future__ import annotations
 
@@ -18,7 +27,7 @@ import time
 from dataclasses import dataclass
 
 from serving.model import LoadedModel, MlflowModelLoader, ModelLoadError
-from serving.store import ReloadOutcome, SQLiteStore
+from serving.store import ReloadOutcome, ServedRecord, SQLiteStore
 
 log = logging.getLogger("serving.manager")
 
@@ -79,7 +88,7 @@ class ModelManager:
             return
         self._seen_generation = record.generation
         try:
-            model = self.loader.load(record.version)
+            model = self._load_recorded(record)
         except ModelLoadError as exc:
             self._behind_flag = True
             self._fail(exc)
@@ -91,25 +100,38 @@ class ModelManager:
 
     # -- start-up --------------------------------------------------------------------------------
     def startup(self) -> None:
-        """Load the champion; if that fails, the version the app served before (if any)."""
+        """Serve the version of the app's served record; the alias target only when there is none yet
+        (the first start ever). Never asks the registry which version to serve otherwise."""
         with self._lock:
-            if self._try(self._adopt_champion):
-                return
             record = self.store.served(self.name)
-            if record is not None and self.load_error is not None and self.load_error.kind != "no_champion":
-                first_error = self.load_error
-                try:
-                    model = self.loader.load(record.version)
-                except ModelLoadError:
-                    return
-                self.active = Active(model, record.epoch, record.epoch_started_at)
-                self._seen_generation = record.generation
-                self.load_error = first_error  # keep saying the champion could not be loaded
-                log.warning("champion not loadable (%s); serving the previous version %s", first_error, record.version)
+            if record is None:
+                self._try(self._adopt_champion)
+                return
+            self._seen_generation = record.generation
+            self._try(lambda: self._activate_recorded(record))
+
+    def _load_recorded(self, record: ServedRecord) -> LoadedModel:
+        try:
+            return self.loader.load(record.version)
+        except ModelLoadError as exc:
+            raise ModelLoadError(
+                f"served version {record.version} of '{self.name}' (the app's served record) cannot be loaded: "
+                f"{exc.message}. The app does not switch to the '{self.loader.alias}' alias by itself: "
+                "POST /model/reload (admin) moves it to the alias target", exc.kind, record.version) from exc
+
+    def _activate_recorded(self, record: ServedRecord) -> None:
+        model = self._load_recorded(record)
+        self.active = Active(model, record.epoch, record.epoch_started_at)
+        self._seen_generation = record.generation
+        self._behind_flag = False
 
     def _adopt_champion(self) -> None:
+        """First start ever: the alias target becomes the served record, unless another worker wrote a
+        record meanwhile (then that record is served)."""
         model = self.loader.load()
-        record, _ = self.store.activate(self.name, model.version, model.run_id)
+        record, _ = self.store.activate(self.name, model.version, model.run_id, if_absent=True)
+        if record.version != model.version:
+            model = self._load_recorded(record)
         self.active = Active(model, record.epoch, record.epoch_started_at)
         self._seen_generation = record.generation
         self._behind_flag = False

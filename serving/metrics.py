@@ -30,10 +30,23 @@ DRIFT_DETECTED = Gauge("serving_drift_detected", "1 when the last drift check fo
 
 _request_children: dict[tuple, tuple] = {}  # (method, endpoint, status) -> bound children
 
+# Label values must come from a bounded set: every distinct value is one more series in every scrape
+# (and, under gunicorn, in every worker's metrics file). The method is client-chosen text (gunicorn
+# passes any upper-case token, e.g. "XYZZY"), so methods outside this set are counted as "other".
+# Endpoints are Flask URL rules (a fixed set) or "<unmatched>" for 404/405, never the raw path.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
+OTHER_METHOD = "other"
+UNMATCHED_ENDPOINT = "<unmatched>"
+
 
 def observe_request(method: str, endpoint: str, status: int, seconds: float) -> None:
     """Count one answered request and its latency. The labelled children are looked up once per
-    label combination (`.labels()` costs a lock and a dict lookup per call; this is the hot path)."""
+    label combination (`.labels()` costs a lock and a dict lookup per call; this is the hot path).
+
+    `method` may be anything the client sent (it is folded to a known method or "other" here);
+    `endpoint` must be a route pattern or UNMATCHED_ENDPOINT, never a raw request path."""
+    if method not in KNOWN_METHODS:
+        method = OTHER_METHOD
     key = (method, endpoint, status)
     pair = _request_children.get(key)
     if pair is None:

@@ -6,6 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
+from serving.inputs import SOURCE_MAX_LENGTH, SOURCE_PATTERN_JSON
+
 NUMBER = {"type": "number"}
 FLOAT_LIMIT = float(np.finfo(np.float32).max)
 FEATURE_VALUE = {"type": "number", "minimum": -FLOAT_LIMIT, "maximum": FLOAT_LIMIT}
@@ -18,7 +20,8 @@ def _error_ref() -> dict:
 
 
 def _errors(*codes: int) -> dict:
-    text = {400: "Invalid input", 401: "Missing or invalid admin token", 403: "Admin endpoints disabled",
+    text = {400: "Invalid input", 401: "Missing or invalid bearer token (WWW-Authenticate: Bearer)",
+            403: "Endpoint disabled: its token (SERVING_ADMIN_TOKEN, SERVING_FEEDBACK_TOKEN) is not set",
             409: "The champion cannot be loaded (the previous model keeps serving)", 413: "Body or batch too large",
             415: "Content-Type is not application/json", 503: "No model loaded, or MLflow unreachable"}
     return {str(c): {"description": text[c], **_error_ref()} for c in codes}
@@ -38,13 +41,17 @@ def build_openapi(feature_names: Sequence[str] | None, max_batch: int, max_body_
                       "properties": {"instances": {"type": "array", "minItems": 1, "maxItems": max_batch,
                                                    "items": {"$ref": "#/components/schemas/Row"}}}}
     label_scalar = {"anyOf": [{"type": "integer"}, {"type": "string", "minLength": 1, "maxLength": 200}]}
+    source = {"type": "string", "minLength": 1, "maxLength": SOURCE_MAX_LENGTH, "pattern": SOURCE_PATTERN_JSON,
+              "description": "optional: who or what labelled the rows (stored with them as provenance)"}
     feedback_one = {"type": "object", "required": ["features", "label"], "additionalProperties": False,
-                    "properties": {"features": {"$ref": "#/components/schemas/Row"}, "label": label_scalar}}
+                    "properties": {"features": {"$ref": "#/components/schemas/Row"}, "label": label_scalar,
+                                   "source": source}}
     feedback_many = {"type": "object", "required": ["instances", "labels"], "additionalProperties": False,
                      "properties": {"instances": {"type": "array", "minItems": 1, "maxItems": max_batch,
                                                   "items": {"$ref": "#/components/schemas/Row"}},
                                     "labels": {"type": "array", "items": label_scalar,
-                                               "description": "one label per row, same length as instances"}}}
+                                               "description": "one label per row, same length as instances"},
+                                    "source": source}}
     error_info = {"type": "object", "nullable": True,
                   "properties": {"message": {"type": "string"}, "kind": {"type": "string"},
                                  "version": NULLABLE_STR, "at": {"type": "string"}}}
@@ -122,6 +129,7 @@ def build_openapi(feature_names: Sequence[str] | None, max_batch: int, max_body_
                        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}}
 
     admin = [{"bearerAuth": []}]
+    labeller = [{"feedbackAuth": []}, {"bearerAuth": []}]  # either token
     paths = {
         "/health": {"get": {
             "summary": "Readiness: 200 while a model is served (status ok or degraded), 503 before",
@@ -148,14 +156,20 @@ def build_openapi(feature_names: Sequence[str] | None, max_batch: int, max_body_
             "summary": "Move every worker to the current champion (admin)", "operationId": "modelReload",
             "security": admin, "responses": {**ok("Reload"), **_errors(401, 403, 409, 503)}}},
         "/feedback": {"post": {
-            "summary": "Store labelled rows for retraining", "operationId": "feedback",
+            "summary": "Store labelled rows for retraining (feedback token or admin token); each row keeps "
+                       "its received time, credential kind, client address and optional source",
+            "operationId": "feedback", "security": labeller,
             "requestBody": json_body("FeedbackRequest"),
-            "responses": {**ok("FeedbackStored", "Stored", "201"), **_errors(400, 413, 415, 503)}}},
+            "responses": {**ok("FeedbackStored", "Stored", "201"), **_errors(400, 401, 403, 413, 415, 503)}}},
         "/feedback/export": {"get": {
-            "summary": "All feedback rows as CSV: the served model's feature names + target (admin)",
+            "summary": "All feedback rows as CSV: the served model's feature names + target (admin); with "
+                       "provenance=true also received_at, credential, client_addr, source, model_version",
             "operationId": "feedbackExport", "security": admin,
+            "parameters": [{"name": "provenance", "in": "query", "required": False,
+                            "schema": {"type": "boolean", "default": False},
+                            "description": "add the provenance columns after target"}],
             "responses": {"200": {"description": "CSV", "content": {"text/csv": {"schema": {"type": "string"}}}},
-                          **_errors(401, 403, 503)}}},
+                          **_errors(400, 401, 403, 503)}}},
         "/metrics": {"get": {"summary": "Prometheus metrics of all workers", "operationId": "metrics",
                              "responses": {"200": {"description": "Prometheus text format", "content": {
                                  "text/plain": {"schema": {"type": "string"}}}}}}},
@@ -169,5 +183,9 @@ def build_openapi(feature_names: Sequence[str] | None, max_batch: int, max_body_
                  "description": f"Serves the champion model; request bodies up to {max_body_bytes} bytes."},
         "paths": paths,
         "components": {"schemas": schemas,
-                       "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
+                       "securitySchemes": {
+                           "bearerAuth": {"type": "http", "scheme": "bearer",
+                                          "description": "the admin token, SERVING_ADMIN_TOKEN"},
+                           "feedbackAuth": {"type": "http", "scheme": "bearer",
+                                            "description": "the labelling service's token, SERVING_FEEDBACK_TOKEN"}}},
     }

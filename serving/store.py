@@ -4,10 +4,15 @@ Three small interfaces, one embedded implementation (`SQLiteStore`, a SQLite fil
 
 - `ServedStateStore`: which model version the app serves (the 'desired version' record every worker
   checks cheaply on each request), its drift-window epoch, a generation counter that changes on
-  every switch, and the outcome of the last reload attempt.
+  every switch, and the outcome of the last reload attempt. This record, not the registry alias, is
+  what a starting or restarting worker serves; only an admin reload rewrites it (serving/manager.py).
 - `WindowStore`: the drift window, rows of valid, predicted inputs tagged with the epoch (one epoch
   per activation of a model version). A new epoch is a new, empty window.
-- `FeedbackStore`: labelled rows (features + true label) for retraining; kept across reloads.
+- `FeedbackStore`: labelled rows (features + true label) for retraining, each with its provenance
+  (received time, credential kind, client address, caller-given source); kept across reloads.
+
+State files written by an older version are migrated in place when a store opens them (new columns
+are added, no row is lost).
 
 A server-backed store (PostgreSQL, Redis) can implement the same interfaces for several replicas.
 No Flask here.
@@ -46,6 +51,27 @@ class ReloadOutcome:
     at: float
 
 
+@dataclass(frozen=True)
+class FeedbackProvenance:
+    """Where a feedback request came from. `credential`: the kind of bearer token that sent it
+    ("feedback" or "admin"); `client_addr`: the peer address the app saw; `source`: the caller's own
+    optional tag (validated by serving/inputs.py). The received time is the row's `created_at`."""
+    credential: str | None = None
+    client_addr: str | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    features: list[float]
+    label: int | str
+    model_version: str | None
+    created_at: float  # Unix time of receipt (UTC)
+    credential: str | None  # None for rows stored before provenance was recorded
+    client_addr: str | None
+    source: str | None
+
+
 class ServedStateStore(abc.ABC):
     @abc.abstractmethod
     def generation(self, model_name: str) -> int | None:
@@ -55,9 +81,11 @@ class ServedStateStore(abc.ABC):
     def served(self, model_name: str) -> ServedRecord | None: ...
 
     @abc.abstractmethod
-    def activate(self, model_name: str, version: str, run_id: str | None) -> tuple[ServedRecord, bool]:
+    def activate(self, model_name: str, version: str, run_id: str | None,
+                 if_absent: bool = False) -> tuple[ServedRecord, bool]:
         """Make `version` the served one. Atomic; a new epoch (an empty window) only when the version
-        changes. Returns (record, whether a new epoch was started)."""
+        changes. With `if_absent`, only when there is no served record yet (a first start): an
+        existing record is returned unchanged. Returns (record, whether a new epoch was started)."""
 
     @abc.abstractmethod
     def record_reload(self, model_name: str, ok: bool, version: str | None, message: str | None) -> None: ...
@@ -82,10 +110,16 @@ class WindowStore(abc.ABC):
 class FeedbackStore(abc.ABC):
     @abc.abstractmethod
     def add_feedback(self, model_name: str, model_version: str | None, rows: np.ndarray,
-                     labels: Sequence[int | str]) -> int: ...
+                     labels: Sequence[int | str], provenance: FeedbackProvenance | None = None) -> int: ...
 
     @abc.abstractmethod
-    def iter_feedback(self, model_name: str) -> Iterator[tuple[list[float], int | str]]: ...
+    def iter_feedback_records(self, model_name: str) -> Iterator[FeedbackRecord]:
+        """Every feedback row of the model name with its provenance, oldest first."""
+
+    def iter_feedback(self, model_name: str) -> Iterator[tuple[list[float], int | str]]:
+        """(features, label) of every feedback row, oldest first."""
+        for record in self.iter_feedback_records(model_name):
+            yield record.features, record.label
 
     @abc.abstractmethod
     def count_feedback(self, model_name: str) -> int: ...
@@ -127,10 +161,19 @@ CREATE TABLE IF NOT EXISTS feedback (
     model_version TEXT,
     created_at REAL NOT NULL,
     features TEXT NOT NULL,
-    label TEXT NOT NULL
+    label TEXT NOT NULL,
+    credential TEXT,
+    client_addr TEXT,
+    source TEXT
 );
 CREATE INDEX IF NOT EXISTS feedback_model ON feedback (model_name, id);
 """
+
+# Columns added after the first release, by table: `_init_schema` adds the ones an existing state file
+# lacks (ALTER TABLE ... ADD COLUMN keeps every row; old rows read NULL there). Append, never edit.
+_ADDED_COLUMNS = {
+    "feedback": (("credential", "TEXT"), ("client_addr", "TEXT"), ("source", "TEXT")),
+}
 
 
 class SQLiteStore(ServedStateStore, WindowStore, FeedbackStore):
@@ -216,12 +259,23 @@ class SQLiteStore(ServedStateStore, WindowStore, FeedbackStore):
             try:
                 for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
                     conn.execute(stmt)
+                self._migrate(conn)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
         finally:
             conn.close()
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Bring a state file written by an older version up to the current schema, in place (inside
+        the caller's IMMEDIATE transaction, so concurrent worker starts migrate once)."""
+        for table, columns in _ADDED_COLUMNS.items():
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for name, decl in columns:
+                if name not in present:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -244,14 +298,17 @@ class SQLiteStore(ServedStateStore, WindowStore, FeedbackStore):
             return None
         return ServedRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6] or row[5])
 
-    def activate(self, model_name: str, version: str, run_id: str | None) -> tuple[ServedRecord, bool]:
+    def activate(self, model_name: str, version: str, run_id: str | None,
+                 if_absent: bool = False) -> tuple[ServedRecord, bool]:
         conn = self.conn
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
             row = conn.execute("SELECT version, epoch, generation FROM served WHERE model_name = ?",
                                (model_name,)).fetchone()
-            if row is not None and row[0] == str(version):
+            if row is not None and if_absent:
+                started = False
+            elif row is not None and row[0] == str(version):
                 conn.execute("UPDATE served SET run_id = ? WHERE model_name = ?", (run_id, model_name))
                 started = False
             else:
@@ -333,26 +390,30 @@ class SQLiteStore(ServedStateStore, WindowStore, FeedbackStore):
 
     # -- feedback ------------------------------------------------------------------------------
     def add_feedback(self, model_name: str, model_version: str | None, rows: np.ndarray,
-                     labels: Sequence[int | str]) -> int:
+                     labels: Sequence[int | str], provenance: FeedbackProvenance | None = None) -> int:
         now = time.time()
-        params = [(model_name, model_version, now, json.dumps([float(v) for v in row]), json.dumps(label))
+        p = provenance or FeedbackProvenance()
+        params = [(model_name, model_version, now, json.dumps([float(v) for v in row]), json.dumps(label),
+                   p.credential, p.client_addr, p.source)
                   for row, label in zip(np.asarray(rows, dtype=np.float64), labels)]
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany("INSERT INTO feedback (model_name, model_version, created_at, features, label) "
-                             "VALUES (?, ?, ?, ?, ?)", params)
+            conn.executemany("INSERT INTO feedback (model_name, model_version, created_at, features, label, "
+                             "credential, client_addr, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", params)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         return len(params)
 
-    def iter_feedback(self, model_name: str) -> Iterator[tuple[list[float], int | str]]:
-        cursor = self.conn.execute("SELECT features, label FROM feedback WHERE model_name = ? ORDER BY id",
-                                   (model_name,))
-        for features, label in cursor:
-            yield json.loads(features), json.loads(label)
+    def iter_feedback_records(self, model_name: str) -> Iterator[FeedbackRecord]:
+        cursor = self.conn.execute(
+            "SELECT features, label, model_version, created_at, credential, client_addr, source "
+            "FROM feedback WHERE model_name = ? ORDER BY id", (model_name,))
+        for features, label, version, created_at, credential, client_addr, source in cursor:
+            yield FeedbackRecord(json.loads(features), json.loads(label), version, created_at,
+                                 credential, client_addr, source)
 
     def count_feedback(self, model_name: str) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM feedback WHERE model_name = ?", (model_name,)).fetchone()[0]

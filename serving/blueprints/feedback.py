@@ -1,55 +1,80 @@
-"""POST /feedback (labelled rows) and GET /feedback/export (admin, CSV for the pipeline's load_data)."""
+"""POST /feedback (labelled rows, feedback credential) and GET /feedback/export (admin, CSV for the
+pipeline's load_data).
+
+Labels decide what the next model learns, so posting them needs a credential of its own
+(SERVING_FEEDBACK_TOKEN; the admin token is accepted too) and every stored row keeps where and when it
+came from: the received time (UTC), the credential kind, the client address and an optional `source`.
+"""
 from __future__ import annotations
 
 import csv
 import io
+import time
 
-from flask import Blueprint, request
+from flask import Blueprint, current_app, g, request
 
 from serving import metrics
-from serving.http import ctx, json_response, require_admin, require_model
-from serving.inputs import check_content_type, parse_feedback, parse_json_object
+from serving.http import ApiError, ctx, json_response, require_admin, require_feedback_credential, require_model
+from serving.inputs import check_content_type, parse_feedback, parse_feedback_source, parse_json_object
+from serving.store import FeedbackProvenance
 
 bp = Blueprint("feedback", __name__)
 LABEL_COLUMN = "target"
+# extra columns of `GET /feedback/export?provenance=true`, after the features and the label
+PROVENANCE_COLUMNS = ("received_at", "credential", "client_addr", "source", "model_version")
 
 
 @bp.post("/feedback")
+@require_feedback_credential
 def feedback():
     c = ctx()
     check_content_type(request.content_type)
     data = parse_json_object(request.get_data(cache=False))
     active = require_model()
     X, labels = parse_feedback(data, active.model.n_features, c.config.max_batch)
-    stored = c.store.add_feedback(c.config.model_name, active.model.version, X, labels)
+    provenance = FeedbackProvenance(credential=g.credential, client_addr=request.remote_addr,
+                                    source=parse_feedback_source(data))
+    stored = c.store.add_feedback(c.config.model_name, active.model.version, X, labels, provenance)
     metrics.FEEDBACK_ROWS.inc(stored)
     return json_response({"status": "stored", "rows": stored, "total": c.store.count_feedback(c.config.model_name)}, 201)
+
+
+def _flag(name: str) -> bool:
+    value = request.args.get(name)
+    if value is None or value == "false":
+        return False
+    if value == "true":
+        return True
+    raise ApiError(400, f"query parameter {name} must be 'true' or 'false', got {value[:40]!r}")
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 @bp.get("/feedback/export")
 @require_admin
 def feedback_export():
     c = ctx()
+    with_provenance = _flag("provenance")
     active = require_model()
     names = list(active.model.feature_names)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([*names, LABEL_COLUMN])
+    writer.writerow([*names, LABEL_COLUMN, *(PROVENANCE_COLUMNS if with_provenance else ())])
     rows = skipped = 0
-    for features, label in c.store.iter_feedback(c.config.model_name):
-        if len(features) != len(names):  # stored for a model with other features
+    for rec in c.store.iter_feedback_records(c.config.model_name):
+        if len(rec.features) != len(names):  # stored for a model with other features
             skipped += 1
             continue
-        writer.writerow([*(repr(float(v)) for v in features), label])
+        row = [*(repr(float(v)) for v in rec.features), rec.label]
+        if with_provenance:  # rows stored before provenance was recorded have empty cells there
+            row += [_iso(rec.created_at), rec.credential or "", rec.client_addr or "", rec.source or "",
+                    rec.model_version or ""]
+        writer.writerow(row)
         rows += 1
-    resp = c_response(buf.getvalue())
+    resp = current_app.response_class(buf.getvalue(), status=200, mimetype="text/csv")
     resp.headers["X-Feedback-Rows"] = str(rows)
     resp.headers["X-Feedback-Skipped"] = str(skipped)
     resp.headers["Content-Disposition"] = "attachment; filename=feedback.csv"
     return resp
-
-
-def c_response(text: str):
-    from flask import current_app
-
-    return current_app.response_class(text, status=200, mimetype="text/csv")

@@ -20,6 +20,7 @@ from tests.serving.pipeline_like import IRIS_FEATURES, iris_frame, log_like_pipe
 REPO = Path(__file__).resolve().parents[2]
 GUNICORN_CONF = REPO / "serving" / "gunicorn.conf.py"
 ADMIN_TOKEN = "test-admin-token"
+FEEDBACK_TOKEN = "test-feedback-token"
 
 
 def unique_model_name(request) -> str:
@@ -70,6 +71,11 @@ class Server:
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", **kw.pop("headers", {})}
         return getattr(self, method)(path, headers=headers, **kw)
 
+    def labeller(self, path: str = "/feedback", **kw):
+        """POST with the feedback token, as a labelling service does."""
+        headers = {"Authorization": f"Bearer {FEEDBACK_TOKEN}", **kw.pop("headers", {})}
+        return self.post(path, headers=headers, **kw)
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -85,6 +91,7 @@ def start_gunicorn(state_dir: Path, model_name: str, mlflow_url: str, workers: i
         "SERVING_PORT": str(port),
         "SERVING_HOST": "127.0.0.1",
         "SERVING_ADMIN_TOKEN": ADMIN_TOKEN,
+        "SERVING_FEEDBACK_TOKEN": FEEDBACK_TOKEN,
         "GUNICORN_WORKERS": str(workers),
         "PROMETHEUS_MULTIPROC_DIR": str(state_dir / "prometheus"),
         **(extra_env or {}),
@@ -128,5 +135,5 @@ def make_app(mlflow_url: str, model_name: str, state_dir: Path, **overrides):
     from serving.app import create_app
 
     config = {"MLFLOW_TRACKING_URI": mlflow_url, "MODEL_NAME": model_name, "SERVING_STATE_DIR": str(state_dir),
-              "SERVING_ADMIN_TOKEN": ADMIN_TOKEN, **overrides}
+              "SERVING_ADMIN_TOKEN": ADMIN_TOKEN, "SERVING_FEEDBACK_TOKEN": FEEDBACK_TOKEN, **overrides}
     return create_app(config)

@@ -2,6 +2,7 @@
 feedback export, admin auth, backends, load failures and the no-champion start."""
 from __future__ import annotations
 
+import calendar
 import csv
 import io
 import json
@@ -11,10 +12,11 @@ import uuid
 import pytest
 
 from serving.model import MlflowModelLoader
-from tests.serving.conftest import ADMIN_TOKEN, make_app
+from tests.serving.conftest import ADMIN_TOKEN, FEEDBACK_TOKEN, make_app
 from tests.serving.pipeline_like import IRIS_FEATURES, log_like_pipeline, set_champion
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+FEEDBACK_AUTH = {"Authorization": f"Bearer {FEEDBACK_TOKEN}"}
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 
 
@@ -124,7 +126,7 @@ BAD_REQUESTS = [
 def test_bad_input_gets_a_json_4xx_and_changes_nothing(app, client, what, kwargs, status, fragment):
     before = (_window_max_id(app), _feedback_count(app))
     for path in ("/predict", "/feedback"):
-        resp = client.post(path, **kwargs)
+        resp = client.post(path, headers=FEEDBACK_AUTH if path == "/feedback" else None, **kwargs)
         assert resp.status_code == status, (path, resp.status_code, resp.data[:300])
         assert resp.mimetype == "application/json"
         assert fragment in resp.json["error"], resp.json
@@ -169,9 +171,10 @@ def test_errors_are_json(app, client, monkeypatch):
 
 def test_feedback_and_export(app, client):
     start = _feedback_count(app)
-    one = client.post("/feedback", json={"features": SETOSA, "label": 0})
+    one = client.post("/feedback", json={"features": SETOSA, "label": 0}, headers=FEEDBACK_AUTH)
     assert one.status_code == 201 and one.json["rows"] == 1
-    many = client.post("/feedback", json={"instances": [[6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]], "labels": [2, 1]})
+    many = client.post("/feedback", json={"instances": [[6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]], "labels": [2, 1]},
+                       headers=FEEDBACK_AUTH)
     assert many.status_code == 201 and many.json["rows"] == 2 and many.json["total"] == start + 3
     window_before = _window_max_id(app)
     export = client.get("/feedback/export", headers=AUTH)
@@ -236,3 +239,199 @@ def test_unreachable_mlflow_answers_503_and_keeps_the_model(app, client, champio
     resp = client.post("/model/reload", headers=AUTH)
     assert resp.status_code == 503 and "not reachable" in resp.json["error"]
     assert client.post("/predict", json={"features": SETOSA}).json["model_version"] == champion.version
+
+
+# -- issue 9: labels need a credential ------------------------------------------------------------
+
+def test_feedback_needs_a_credential(app, client, monkeypatch):
+    """POST /feedback wants SERVING_FEEDBACK_TOKEN (or the admin token) as a bearer token; the request
+    goes through the WSGI fast path in front of Flask like any other; tokens are compared with
+    hmac.compare_digest (constant time) and the feedback token opens no admin endpoint."""
+    from serving import http
+    from serving.fastpath import PredictFastPath
+
+    assert isinstance(app.wsgi_app, PredictFastPath)  # the test client calls the whole WSGI stack
+    before = _feedback_count(app)
+    body = {"features": SETOSA, "label": 0}
+    missing = client.post("/feedback", json=body)
+    assert missing.status_code == 401 and missing.mimetype == "application/json"
+    assert "SERVING_FEEDBACK_TOKEN" in missing.json["error"]
+    assert missing.headers["WWW-Authenticate"].startswith("Bearer")
+    for header in ("Bearer nope", f"Basic {FEEDBACK_TOKEN}", "Bearer", f"Bearer {FEEDBACK_TOKEN}x",
+                   f"bearer {FEEDBACK_TOKEN[:-1]}"):
+        wrong = client.post("/feedback", json=body, headers={"Authorization": header})
+        assert wrong.status_code == 401, header
+        assert wrong.headers["WWW-Authenticate"].startswith("Bearer") and wrong.json["error"]
+    # auth comes before the body is read: an anonymous caller learns nothing about the input rules
+    assert client.post("/feedback", data="{oops", content_type="application/json").status_code == 401
+    assert _feedback_count(app) == before
+
+    compared = []
+    real = http.hmac.compare_digest
+
+    def spy(a, b):
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(http.hmac, "compare_digest", spy)
+    ok = client.post("/feedback", json=body, headers=FEEDBACK_AUTH)
+    assert ok.status_code == 201 and ok.json["rows"] == 1
+    assert len(compared) == 2  # both configured tokens compared, each in constant time
+    as_admin = client.post("/feedback", json=body, headers=AUTH)
+    assert as_admin.status_code == 201
+    assert _feedback_count(app) == before + 2
+    # the labelling service's token is not an admin token
+    for method, path in (("post", "/drift/reset"), ("post", "/model/reload"), ("get", "/feedback/export")):
+        assert getattr(client, method)(path, headers=FEEDBACK_AUTH).status_code == 401
+
+
+def test_feedback_disabled_without_its_token(mlflow_server, model_name, champion, tmp_path):
+    """No SERVING_FEEDBACK_TOKEN: POST /feedback refuses (403 JSON naming the variable), also with the
+    admin token; nothing is stored; never a 500."""
+    app = make_app(mlflow_server, model_name, tmp_path, SERVING_FEEDBACK_TOKEN="")
+    c = app.test_client()
+    for headers in (None, AUTH, {"Authorization": "Bearer anything"}):
+        resp = c.post("/feedback", json={"features": SETOSA, "label": 0}, headers=headers)
+        assert resp.status_code == 403 and resp.mimetype == "application/json"
+        assert "SERVING_FEEDBACK_TOKEN" in resp.json["error"]
+    assert _feedback_count(app) == 0
+
+
+def test_feedback_token_settings_are_checked():
+    from serving.config import ConfigError, ServingConfig
+
+    with pytest.raises(ConfigError, match="must differ"):
+        ServingConfig.from_env({"SERVING_ADMIN_TOKEN": "same", "SERVING_FEEDBACK_TOKEN": "same"}, environ={})
+    with pytest.raises(ConfigError, match="SERVING_FEEDBACK_TOKEN"):
+        ServingConfig.from_env({"SERVING_FEEDBACK_TOKEN": "with space"}, environ={})
+    cfg = ServingConfig.from_env({}, environ={"SERVING_FEEDBACK_TOKEN": "fb-token"})
+    assert cfg.feedback_token == "fb-token" and cfg.admin_token == ""
+
+
+def test_feedback_provenance_is_stored_and_exported(app, client):
+    start = _feedback_count(app)
+    t0 = time.time()
+    a = client.post("/feedback", json={"features": SETOSA, "label": 0, "source": "labeller-7 batch:2026/01"},
+                    headers=FEEDBACK_AUTH)
+    b = client.post("/feedback", json={"instances": [[6.7, 3.0, 5.2, 2.3]], "labels": [2]}, headers=AUTH,
+                    environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    assert a.status_code == 201 and b.status_code == 201
+    for bad in ("", "=HYPERLINK(1)", "-x", "a\nb", "tab\there", "x" * 65, "ünïcode", 5, None, ["a"]):
+        resp = client.post("/feedback", json={"features": SETOSA, "label": 0, "source": bad}, headers=FEEDBACK_AUTH)
+        assert resp.status_code == 400 and "source" in resp.json["error"], bad
+    assert _feedback_count(app) == start + 2
+
+    # the default export keeps the columns the pipeline's load_data reads
+    plain = client.get("/feedback/export", headers=AUTH)
+    table = list(csv.reader(io.StringIO(plain.get_data(as_text=True))))
+    assert table[0] == IRIS_FEATURES + ["target"] and all(len(r) == 5 for r in table)
+    assert client.get("/feedback/export?provenance=false", headers=AUTH).get_data() == plain.get_data()
+
+    full = client.get("/feedback/export?provenance=true", headers=AUTH)
+    assert full.status_code == 200 and full.mimetype == "text/csv"
+    table = list(csv.reader(io.StringIO(full.get_data(as_text=True))))
+    assert table[0] == IRIS_FEATURES + ["target", "received_at", "credential", "client_addr", "source",
+                                        "model_version"]
+    first, second = table[-2], table[-1]
+    assert first[:5] == ["5.1", "3.5", "1.4", "0.2", "0"]
+    assert first[6:9] == ["feedback", "127.0.0.1", "labeller-7 batch:2026/01"]
+    assert second[4:5] == ["2"] and second[6:9] == ["admin", "10.1.2.3", ""]
+    for row in (first, second):
+        received = calendar.timegm(time.strptime(row[5], "%Y-%m-%dT%H:%M:%SZ"))
+        assert row[5].endswith("Z") and t0 - 2 <= received <= time.time() + 2  # UTC
+        assert row[9] == app.extensions["serving"].manager.active.model.version
+    bad = client.get("/feedback/export?provenance=maybe", headers=AUTH)
+    assert bad.status_code == 400 and "provenance" in bad.json["error"]
+
+
+# -- issue 9: metric labels are bounded ----------------------------------------------------------
+
+def _request_series(text: str) -> set[str]:
+    return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line.startswith("serving_http_requests_total{")}
+
+
+def test_metric_labels_stay_bounded(client):
+    """Made-up methods and paths do not create series: unknown methods count as "other", unknown
+    paths (404) and unknown methods on known paths (405) as endpoint "<unmatched>"."""
+    before = _request_series(client.get("/metrics").get_data(as_text=True))
+    for i in range(300):
+        method = f"X{uuid.uuid4().hex[:10].upper()}"
+        path = ("/predict", "/health", "/feedback", f"/made-up/{i}", f"/{uuid.uuid4().hex}")[i % 5]
+        resp = client.open(path, method=method)
+        assert resp.status_code in (404, 405) and resp.mimetype == "application/json", (method, path)
+        client.get(f"/no/such/path/{i}")
+    after = _request_series(client.get("/metrics").get_data(as_text=True))
+    new = after - before
+    assert len(new) <= 6, sorted(new)  # other|GET x <unmatched>|/metrics x 404|405|200
+    assert any('method="other"' in s for s in after)
+    assert not any("made-up" in s or 'method="X' in s for s in after)
+    assert all('endpoint="<unmatched>"' in s or 'endpoint="/metrics"' in s for s in new), sorted(new)
+
+
+# -- issue 9: the registry decides nothing by itself ----------------------------------------------
+
+def test_a_restarted_worker_serves_the_recorded_version_not_the_alias(mlflow_server, tmp_path, iris):
+    """Moving the alias in MLflow changes nothing until an admin reload: a worker that starts (or
+    restarts) on an existing state serves the served record's version, with the same window."""
+    name = f"record-{uuid.uuid4().hex[:8]}"
+    X, y = iris
+    v1 = log_like_pipeline(mlflow_server, name, X, y, run_tag="v1")
+    first = make_app(mlflow_server, name, tmp_path).test_client()  # first start ever: adopts the champion
+    assert first.get("/model/info").json["version"] == v1.version
+    assert first.post("/predict", json={"instances": [SETOSA] * 3}).status_code == 200
+    window = first.get("/drift/status").json
+
+    v2 = log_like_pipeline(mlflow_server, name, X, y, random_state=7, run_tag="v2")  # moves the alias
+    restarted = make_app(mlflow_server, name, tmp_path).test_client()
+    info = restarted.get("/model/info").json
+    assert info["version"] == v1.version and info["run_id"] == v1.run_id
+    health = restarted.get("/health").json
+    assert health["status"] == "ok" and health["model_version"] == v1.version
+    status = restarted.get("/drift/status").json  # the window did not restart either
+    assert status["samples"] == 3 and status["window_started_at"] == window["window_started_at"]
+    assert first.post("/predict", json={"features": SETOSA}).json["model_version"] == v1.version
+
+    # only the authenticated reload moves the app (every worker) to the alias target
+    assert restarted.post("/model/reload").status_code == 401
+    moved = restarted.post("/model/reload", headers=AUTH)
+    assert moved.status_code == 200 and moved.json["version"] == v2.version and moved.json["changed"] is True
+    assert first.post("/predict", json={"features": SETOSA}).json["model_version"] == v2.version
+    assert make_app(mlflow_server, name, tmp_path).test_client().get("/model/info").json["version"] == v2.version
+
+
+def test_unloadable_recorded_version_is_reported_not_replaced_by_the_alias(mlflow_server, model_name, champion,
+                                                                           tmp_path):
+    """The recorded version cannot be loaded: the worker says so in /health and /model/info, does not
+    switch to the champion by itself, retries every SERVING_LOAD_RETRY_SECONDS; an admin reload moves it."""
+    from serving.store import SQLiteStore
+
+    SQLiteStore(tmp_path / "serving.sqlite3", 100).activate(model_name, "999", None)  # e.g. deleted in MLflow
+    app = make_app(mlflow_server, model_name, tmp_path, SERVING_LOAD_RETRY_SECONDS="0.5")
+    manager = app.extensions["serving"].manager
+    attempts = []
+    real_load = manager.loader.load
+
+    def counting_load(version=None):
+        attempts.append(version)
+        return real_load(version)
+
+    manager.loader.load = counting_load
+    c = app.test_client()
+    health = c.get("/health")
+    assert health.status_code == 503 and health.json["status"] == "not ready"
+    for text in (health.json["reason"], health.json["load_error"]["message"]):
+        assert "served version 999" in text and "POST /model/reload" in text
+    assert health.json["load_error"]["version"] == "999"
+    info = c.get("/model/info")
+    assert info.status_code == 503 and "served version 999" in info.json["error"]
+    assert c.post("/predict", json={"features": SETOSA}).status_code == 503
+    assert attempts == []  # within the retry interval: no new attempt per request
+    time.sleep(0.6)
+    assert c.get("/health").status_code == 503
+    assert attempts == ["999"]  # retried the recorded version, not the alias
+    assert app.extensions["serving"].store.served(model_name).version == "999"
+
+    reloaded = c.post("/model/reload", headers=AUTH)
+    assert reloaded.status_code == 200 and reloaded.json["version"] != "999"
+    assert c.get("/health").json["status"] == "ok"
+    assert c.get("/model/info").json["version"] == reloaded.json["version"]

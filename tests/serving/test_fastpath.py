@@ -89,3 +89,18 @@ def test_a_failing_model_gets_the_json_500_and_no_window_row(app, monkeypatch):
     assert "RuntimeError" in resp.json["error"]
     assert calls == [1, 1]  # tried on the fast path, then answered (and logged) by the Flask view
     assert _window_max_id(app) == start
+
+
+def test_feedback_is_never_answered_by_the_fast_path(app):
+    """POST /feedback goes through the fast path's WSGI layer to Flask, where it needs its credential."""
+    from tests.serving.conftest import FEEDBACK_TOKEN
+
+    c = app.test_client()
+    store = app.extensions["serving"].store
+    before = store.count_feedback(app.extensions["serving"].config.model_name)
+    for path in ("/feedback", "/feedback/"):
+        resp = c.post(path, json={"features": SETOSA, "label": 0})
+        assert resp.status_code == (401 if path == "/feedback" else 404), (path, resp.status_code)
+    assert store.count_feedback(app.extensions["serving"].config.model_name) == before
+    ok = c.post("/feedback", json={"features": SETOSA, "label": 0}, headers={"Authorization": f"Bearer {FEEDBACK_TOKEN}"})
+    assert ok.status_code == 201

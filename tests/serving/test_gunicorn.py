@@ -19,10 +19,13 @@ import numpy as np
 import pytest
 import requests
 
-from tests.serving.conftest import ADMIN_TOKEN, as_frame, shifted_iris, start_gunicorn, stop_gunicorn
+from tests.serving.conftest import (ADMIN_TOKEN, FEEDBACK_TOKEN, as_frame, shifted_iris, start_gunicorn,
+                                    stop_gunicorn)
 from tests.serving.pipeline_like import iris_frame, log_like_pipeline
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+FEEDBACK_AUTH = {"Authorization": f"Bearer {FEEDBACK_TOKEN}"}
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +139,11 @@ def test_bad_input_changes_nothing_and_workers_survive(server, state_dir):
         ("/predict", dict(json={"instances": []}), 400),
         ("/predict", dict(json={"instances": [[1, 2, 3, 4]] * 1001}), 400),
         ("/predict", dict(data=big, headers={"Content-Type": "application/json"}), 413),
-        ("/feedback", dict(json={"features": [1, 2, 3, 4], "label": None}), 400),
-        ("/feedback", dict(data=big, headers={"Content-Type": "application/json"}), 413),
+        ("/feedback", dict(json={"features": [1, 2, 3, 4], "label": None}, headers=FEEDBACK_AUTH), 400),
+        ("/feedback", dict(json={"features": [1, 2, 3, 4], "label": 0, "source": "=cmd|x"}, headers=FEEDBACK_AUTH), 400),
+        ("/feedback", dict(data=big, headers={**JSON, **FEEDBACK_AUTH}), 413),
+        ("/feedback", dict(json={"features": [1, 2, 3, 4], "label": 0}), 401),
+        ("/feedback", dict(json={"features": [1, 2, 3, 4], "label": 0}, headers={"Authorization": "Bearer wrong"}), 401),
         ("/drift/reset", dict(headers={"Authorization": "Bearer wrong"}), 401),
         ("/model/reload", dict(headers={"Authorization": "Bearer wrong"}), 401),
     ]
@@ -149,6 +155,8 @@ def test_bad_input_changes_nothing_and_workers_survive(server, state_dir):
             continue
         assert resp.status_code == status, (path, kwargs.get("json"), resp.status_code, resp.text[:300])
         assert resp.headers["Content-Type"].startswith("application/json") and resp.json()["error"]
+        if status == 401:
+            assert resp.headers["WWW-Authenticate"].startswith("Bearer")
     export = srv.get("/feedback/export", headers={"Authorization": "Bearer wrong"})
     assert export.status_code == 401
     assert _window_rows(state_dir) == before_rows and _feedback_rows(state_dir) == before_feedback
@@ -180,7 +188,8 @@ def test_reload_moves_every_worker_and_the_loop_settles(server, mlflow_server, m
     for start in range(0, 300, 50):
         chunk = [[float(v) for v in r] for r in rows[start:start + 50]]
         assert srv.post("/predict", json={"instances": chunk}).status_code == 200
-        fb = srv.post("/feedback", json={"instances": chunk, "labels": [int(v) for v in labels[start:start + 50]]})
+        fb = srv.labeller(json={"instances": chunk, "labels": [int(v) for v in labels[start:start + 50]],
+                                "source": "test-labeller"})
         assert fb.status_code == 201
     status = srv.get("/drift/status").json()
     assert status["drift_detected"] is True and "petal_length" in status["drifted_features"]
@@ -239,3 +248,95 @@ def test_reload_moves_every_worker_and_the_loop_settles(server, mlflow_server, m
         assert s["drift_detected"] is False, s
     # feedback is training data: kept across the reload
     assert _feedback_rows(state_dir) == 300
+
+
+def test_made_up_methods_and_paths_do_not_grow_the_metrics(server):
+    """Under gunicorn (multiprocess metrics files): a flood of made-up HTTP methods and paths adds a
+    handful of series to serving_http_requests_total, not one per method or path."""
+    srv = server["server"]
+
+    def series() -> set[str]:
+        text = srv.get("/metrics").text
+        return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line.startswith("serving_http_requests_total{")}
+
+    before = series()
+    size_before = len(srv.get("/metrics").content)
+    with requests.Session() as session:
+        for i in range(400):
+            method = "X" + "".join(chr(65 + (i * 7 + k * 3) % 26) for k in range(8)) + str(i).translate(
+                str.maketrans("0123456789", "ABCDEFGHIJ"))  # gunicorn takes upper-case tokens as methods
+            path = ("/predict", "/health", "/feedback", f"/made-up/{i}")[i % 4]
+            resp = session.request(method, srv.url + path, timeout=30)
+            assert resp.status_code in (404, 405), (method, path, resp.status_code, resp.text[:200])
+    after = series()
+    assert len(after - before) <= 4, sorted(after - before)
+    assert any('method="other"' in s for s in after) and not any("made-up" in s for s in after)
+    assert len(srv.get("/metrics").content) < size_before + 8000  # old code: ~2 KB per made-up method
+
+
+def _versions_by_worker(srv, reads: int = 24) -> dict[str, set[str]]:
+    seen: dict[str, set[str]] = {}
+    with ThreadPoolExecutor(4) as pool:
+        for resp in pool.map(lambda _: srv.get("/model/info"), range(reads)):
+            assert resp.status_code == 200, resp.text
+            seen.setdefault(resp.headers["X-Serving-Worker"], set()).add(resp.json()["version"])
+    return seen
+
+
+def _wait_for_workers(srv, old: set[str], new_needed: int, timeout: float = 90.0) -> dict[str, set[str]]:
+    """Read /model/info until `new_needed` workers that are not in `old` answered; returns what each
+    worker of the last round served."""
+    deadline = time.monotonic() + timeout
+    fresh: set[str] = set()
+    while True:
+        seen = _versions_by_worker(srv)
+        fresh |= set(seen) - old
+        if len(fresh) >= new_needed:
+            return seen
+        assert time.monotonic() < deadline, f"new workers did not answer: {seen}\n{srv.log_text()[-3000:]}"
+        time.sleep(0.5)
+
+
+def test_restarted_workers_keep_the_served_version_when_the_alias_moves(server, mlflow_server, model_name, state_dir):
+    """Moving the alias in MLflow does not change the served model: a worker killed and replaced,
+    a graceful restart of all workers (HUP) and a full gunicorn restart all keep serving the recorded
+    version (and its window); then the authenticated reload moves every worker to the alias target."""
+    import os
+    import signal
+
+    srv = server["server"]
+    served = srv.get("/model/info").json()["version"]
+    assert srv.post("/predict", json={"instances": [[5.1, 3.5, 1.4, 0.2]] * 5}).status_code == 200
+    window = srv.get("/drift/status").json()
+    X, y = iris_frame()
+    moved = log_like_pipeline(mlflow_server, model_name, X, y, random_state=3, run_tag="alias-moved-in-mlflow")
+    assert moved.version != served
+
+    workers = set(_versions_by_worker(srv))
+    assert len(workers) == 2
+    victim = sorted(workers)[0]
+    os.kill(int(victim), signal.SIGKILL)  # gunicorn replaces the worker: it starts from the record
+    seen = _wait_for_workers(srv, workers, 1)
+    assert all(v == {served} for v in seen.values()), seen
+
+    workers = set(seen)
+    os.kill(srv.proc.pid, signal.SIGHUP)  # graceful restart: every worker replaced
+    seen = _wait_for_workers(srv, workers, 2)
+    assert all(v == {served} for v in seen.values()), seen
+
+    stop_gunicorn(srv)
+    server["server"] = srv = start_gunicorn(state_dir, model_name, mlflow_server, workers=2)
+    seen = _versions_by_worker(srv)
+    assert all(v == {served} for v in seen.values()), seen
+    health = srv.get("/health").json()
+    assert health["status"] == "ok" and health["model_version"] == served
+    after = srv.get("/drift/status").json()
+    assert after["window_started_at"] == window["window_started_at"] and after["samples"] == window["samples"]
+
+    # only the authenticated reload moves the app to the alias target
+    assert srv.post("/model/reload").status_code == 401
+    reload = srv.post("/model/reload", headers=AUTH)
+    assert reload.status_code == 200, reload.text
+    assert reload.json()["version"] == moved.version and reload.json()["previous_version"] == served
+    infos, workers = _reads(srv, "/model/info", 12)
+    assert len(workers) == 2 and {i["version"] for i in infos} == {moved.version}

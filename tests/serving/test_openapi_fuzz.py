@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from tests.serving.conftest import ADMIN_TOKEN, make_app
+from tests.serving.conftest import ADMIN_TOKEN, FEEDBACK_TOKEN, make_app
 
 EXAMPLES = 40
 
@@ -33,6 +33,13 @@ def test_document_describes_the_served_model(fuzz_app):
     assert row["minItems"] == row["maxItems"] == 4
     assert set(doc["paths"]) >= {"/health", "/model/info", "/predict", "/drift/status", "/drift/reset",
                                  "/model/reload", "/metrics", "/openapi.json", "/feedback", "/feedback/export"}
+    # every endpoint that changes state or reads the training data names its credential
+    assert doc["paths"]["/feedback"]["post"]["security"] == [{"feedbackAuth": []}, {"bearerAuth": []}]
+    for path, method in (("/drift/reset", "post"), ("/model/reload", "post"), ("/feedback/export", "get")):
+        assert doc["paths"][path][method]["security"] == [{"bearerAuth": []}]
+    assert set(doc["components"]["securitySchemes"]) == {"bearerAuth", "feedbackAuth"}
+    source = doc["components"]["schemas"]["FeedbackRequest"]["oneOf"][0]["properties"]["source"]
+    assert source["maxLength"] == 64 and source["pattern"].startswith("^")
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
@@ -42,7 +49,8 @@ def test_fuzz_every_operation(api_schema, mode):
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) >= 10  # all paths but the document itself
     for operation in operations:
-        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if operation.path in ADMIN_PATHS else None
+        headers = ({"Authorization": f"Bearer {ADMIN_TOKEN}"} if operation.path in ADMIN_PATHS
+                   else {"Authorization": f"Bearer {FEEDBACK_TOKEN}"} if operation.path == "/feedback" else None)
 
         @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))

@@ -72,3 +72,55 @@ def test_reload_outcome(tmp_path):
     store.record_reload("m", False, "3", "boom")
     last = store.last_reload("m")
     assert not last.ok and last.version == "3" and last.message == "boom"
+
+
+# the feedback table as the first release created it (before provenance columns existed)
+_OLD_FEEDBACK_TABLE = """
+CREATE TABLE feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model_name TEXT NOT NULL,
+    model_version TEXT,
+    created_at REAL NOT NULL,
+    features TEXT NOT NULL,
+    label TEXT NOT NULL
+);
+CREATE INDEX feedback_model ON feedback (model_name, id);
+INSERT INTO feedback (model_name, model_version, created_at, features, label)
+    VALUES ('m', '1', 1700000000.5, '[1.5, 2.0]', '0'), ('m', '1', 1700000001.0, '[3.0, 4.25]', '"b"'),
+           ('other', '2', 1700000002.0, '[9.0, 9.0]', '1');
+"""
+
+
+def test_old_state_file_is_migrated_in_place_and_keeps_its_rows(tmp_path):
+    import sqlite3
+
+    from serving.store import FeedbackProvenance
+
+    path = tmp_path / "s.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_OLD_FEEDBACK_TABLE)
+    store = SQLiteStore(path, window_size=5)
+    columns = [row[1] for row in store.conn.execute("PRAGMA table_info(feedback)")]
+    assert columns[-3:] == ["credential", "client_addr", "source"]
+    old = list(store.iter_feedback_records("m"))
+    assert [(r.features, r.label, r.model_version, r.created_at) for r in old] == \
+           [([1.5, 2.0], 0, "1", 1700000000.5), ([3.0, 4.25], "b", "1", 1700000001.0)]
+    assert all(r.credential is None and r.client_addr is None and r.source is None for r in old)
+    assert store.count_feedback("other") == 1
+
+    store.add_feedback("m", "3", np.array([[5.0, 6.0]]), [2], FeedbackProvenance("feedback", "10.0.0.9", "lab-1"))
+    again = SQLiteStore(path, window_size=5)  # opening a migrated file again changes nothing
+    records = list(again.iter_feedback_records("m"))
+    assert len(records) == 3 and records[:2] == old
+    new = records[2]
+    assert (new.features, new.label, new.model_version) == ([5.0, 6.0], 2, "3")
+    assert (new.credential, new.client_addr, new.source) == ("feedback", "10.0.0.9", "lab-1")
+    assert list(again.iter_feedback("m"))[-1] == ([5.0, 6.0], 2)
+
+
+def test_activate_if_absent_never_replaces_a_record(tmp_path):
+    store = SQLiteStore(tmp_path / "s.sqlite3", window_size=5)
+    first, started = store.activate("m", "1", "a", if_absent=True)
+    assert started and first.version == "1"
+    same, started = store.activate("m", "2", "b", if_absent=True)
+    assert not started and same == first
