@@ -18,8 +18,9 @@ Every six hours (and whenever you trigger it) this DAG:
    (the reason is logged and returned); an *accepted* one must show up as the version the serving
    app's `GET /model/info` reports.
 
-**Trigger by hand** (UI "Trigger DAG w/ config", or the REST API / CLI):
-`airflow dags trigger drift_retrain --conf '{"force": true}'`.
+**Trigger by hand**: the UI's *Trigger* button opens a form with every parameter (tick `force` to
+skip the drift check; `data_uri`, `feedback_url`, `mlflow_uri` and `serving_url` may stay empty = their
+default), or the REST API / CLI: `airflow dags trigger drift_retrain --conf '{"force": true}'`.
 Every pipeline parameter can be set the same way, e.g. `{"force": true, "min_accuracy": 0.95}`.
 
 A failure logs one line starting with `ALERT` (and posts it to the webhook connection named by
@@ -46,16 +47,23 @@ from airflow_kfp_provider.settings import (
 
 D = param_default  # defaults can be overridden with $DRIFT_RETRAIN_<NAME> (read from the environment only)
 
+#: JSON-schema type of the string params whose empty value means "use the default". Airflow's trigger
+#: form treats a param as required unless its type includes "null": with type="string" and an empty
+#: default the form shows an error and its Trigger button stays disabled. The form sends a cleared
+#: field as null, the REST API may send null or "": downstream, None and "" mean the same (see
+#: PIPELINE_ARGUMENTS and confirm_champion).
+OPTIONAL_STRING = ["null", "string"]
+
 #: The pipeline's parameters (docs/contracts.md), with the DAG's defaults. run_tag is set by the operator.
 PIPELINE_PARAMS = {
-    "data_uri": Param(D("data_uri", ""), type="string",
+    "data_uri": Param(D("data_uri", None), type=OPTIONAL_STRING,
                       description="Training data: CSV/Parquet path or URL. Empty = the bundled iris data."),
     "label_column": Param(D("label_column", "target"), type="string", minLength=1,
                           description="Name of the label column in the training data."),
-    "feedback_url": Param(D("feedback_url", ""), type="string",
+    "feedback_url": Param(D("feedback_url", None), type=OPTIONAL_STRING,
                           description="URL of labelled feedback rows to train on as well "
                                       "(the serving app's /feedback/export). Empty = none."),
-    "mlflow_uri": Param(D("mlflow_uri", ""), type="string",
+    "mlflow_uri": Param(D("mlflow_uri", None), type=OPTIONAL_STRING,
                         description="MLflow tracking URI the pipeline uses. Empty = $MLFLOW_TRACKING_URI of "
                                     "the Airflow worker, else http://127.0.0.1:5000."),
     "experiment_name": Param(D("experiment_name", "retrain"), type="string", minLength=1,
@@ -76,7 +84,7 @@ PIPELINE_PARAMS = {
     "deploy_target": Param(D("deploy_target", "local"), type="string", enum=["local", "kubernetes", "none"],
                            description="local: reload the serving app; kubernetes: roll its Deployment; "
                                        "none: register only."),
-    "serving_url": Param(D("serving_url", ""), type="string",
+    "serving_url": Param(D("serving_url", None), type=OPTIONAL_STRING,
                          description="Serving app URL for the deploy step. Empty = the URL of connection "
                                      f"'{SERVING_CONN_ID}'."),
     "k8s_namespace": Param(D("k8s_namespace", "mlops"), type="string",
@@ -85,9 +93,15 @@ PIPELINE_PARAMS = {
                             description="deploy_target=kubernetes: name of the serving Deployment."),
 }
 
+#: The params that may be left empty (None or ""): the pipeline then uses its own default.
+OPTIONAL_PARAMS = frozenset(name for name, p in PIPELINE_PARAMS.items() if p.schema.get("type") == OPTIONAL_STRING)
+
 #: How each pipeline parameter is filled in when the task runs (strings; the operator converts them to
-#: the types the compiled pipeline declares).
-PIPELINE_ARGUMENTS = {name: "{{ params.%s }}" % name for name in PIPELINE_PARAMS}
+#: the types the compiled pipeline declares). An empty optional param renders as "" (never "None").
+PIPELINE_ARGUMENTS = {
+    name: ("{{ params.%s or '' }}" if name in OPTIONAL_PARAMS else "{{ params.%s }}") % name
+    for name in PIPELINE_PARAMS
+}
 PIPELINE_ARGUMENTS["mlflow_uri"] = "{{ params.mlflow_uri or mlflow_tracking_uri() }}"
 PIPELINE_ARGUMENTS["serving_url"] = "{{ params.serving_url or serving_base_url() }}"
 

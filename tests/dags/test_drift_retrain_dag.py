@@ -8,6 +8,7 @@ test_drift_retrain_e2e.py.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -114,11 +115,55 @@ def test_params_are_typed_and_match_the_compiled_pipeline(dag):
     dag_params = {k: dag.params.get_param(k) for k in dag.params.keys() if k != "force"}
     assert set(dag_params) == set(declared) - {"run_tag"}
     json_types = {"STRING": "string", "NUMBER_INTEGER": "integer", "NUMBER_DOUBLE": "number"}
+    # Params whose empty value means "the default": optional in the UI's trigger form (type includes
+    # "null", default None); every other param is required there and has the pipeline's default.
+    optional = {"data_uri", "feedback_url", "mlflow_uri", "serving_url"}
     for name, param in dag_params.items():
+        if name in optional:
+            assert declared[name]["type"] == "STRING", name
+            assert param.schema["type"] == ["null", "string"], name
+            assert param.value is None, name  # the pipeline's default is "": None and "" mean the same
+            if name not in ("mlflow_uri", "serving_url"):  # these two are resolved at run time
+                assert declared[name]["default"] == "", name
+            continue
         assert param.schema["type"] == json_types[declared[name]["type"]], name
-        if name not in ("mlflow_uri", "serving_url"):  # these two default to "" = resolved at run time
-            default = declared[name]["default"]
-            assert param.value == (int(default) if declared[name]["type"] == "NUMBER_INTEGER" else default), name
+        default = declared[name]["default"]
+        assert param.value == (int(default) if declared[name]["type"] == "NUMBER_INTEGER" else default), name
+
+
+def test_the_ui_trigger_form_opens_valid(dag):
+    """Airflow's trigger form marks a param required unless its type includes "null", and a required
+    param with an empty (None or "") value keeps the Trigger button disabled (FlexibleForm/isParamRequired
+    of the Airflow 3.3 UI). Every param's default must also validate against its own schema."""
+
+    for name in dag.params.keys():
+        param = dag.params.get_param(name)
+        types = param.schema.get("type")
+        required = bool(types) and not (isinstance(types, list) and "null" in types)
+        if required:
+            assert param.value not in (None, ""), f"{name}: required in the form but empty by default"
+    copy.deepcopy(dag.params).validate()  # the defaults are valid (what a scheduled run uses)
+
+
+def test_empty_optional_params_render_as_empty_strings_never_none(dag):
+    """None (the form's cleared field, REST null, the default) and "" reach the pipeline as ""."""
+    from jinja2 import Environment
+
+    submit = dag.get_task("submit_retrain")
+    env = Environment()
+    macros = {"mlflow_tracking_uri": lambda: "http://mlflow.test", "serving_base_url": lambda: "http://serving.test"}
+    for empty in (None, ""):
+        params = {name: dag.params[name] for name in dag.params.keys()}
+        params.update(data_uri=empty, feedback_url=empty, mlflow_uri=empty, serving_url=empty)
+        rendered = {name: env.from_string(tpl).render(params=params, **macros)
+                    for name, tpl in submit.pipeline_params.items()}
+        assert rendered["data_uri"] == "" and rendered["feedback_url"] == "", empty
+        assert rendered["mlflow_uri"] == "http://mlflow.test" and rendered["serving_url"] == "http://serving.test"
+        assert "None" not in rendered.values()
+    params.update(data_uri="/data/x.csv", feedback_url="http://s/feedback/export")
+    rendered = {name: env.from_string(tpl).render(params=params, **macros) for name, tpl in submit.pipeline_params.items()}
+    assert rendered["data_uri"] == "/data/x.csv" and rendered["feedback_url"] == "http://s/feedback/export"
+    assert rendered["min_accuracy"] == "0.9" and rendered["n_estimators"] == "100"
 
 
 def test_task_graph(dag):
@@ -208,6 +253,20 @@ def test_force_skips_the_check_and_a_rejected_candidate_is_a_success(dag, stack,
     assert len(runs) == 1 and runs[0]["params"]["min_accuracy"] == 0.95
     result = dr.get_task_instance("confirm_champion").xcom_pull(task_ids="confirm_champion")
     assert result["decision"] == "rejected" and "min_accuracy" in result["reason"]
+
+
+def test_null_optional_params_as_the_ui_form_sends_them(dag, stack):
+    """The trigger form sends a cleared optional field as null: the run uses the defaults, not "None"."""
+    stack.set_drift(False)
+    stack.model_info["version"] = "7"  # what the stand-in runner registers
+    dr = dag.test(run_conf={"force": True, "data_uri": None, "feedback_url": None, "mlflow_uri": None,
+                            "serving_url": None})
+    assert str(getattr(dr.state, "value", dr.state)) == "success"
+    runs = _runs(stack.runs_dir)
+    assert len(runs) == 1
+    params = runs[0]["params"]
+    assert params["data_uri"] == "" and params["feedback_url"] == ""
+    assert params["serving_url"] == stack.url and params["mlflow_uri"] and params["mlflow_uri"] != "None"
 
 
 def test_a_non_boolean_force_is_refused_and_nothing_is_submitted(dag, stack):
