@@ -33,9 +33,30 @@ def listening_sockets(pids: list[int]) -> set[tuple[str, int, str]]:
     return found
 
 
+def stack_process_tree(root) -> list[int]:
+    """Every process of the stack: the services' process groups (their pid files), the processes that
+    carry the stack's marker variable (a process that sets its title, as gunicorn and Airflow do,
+    overwrites what /proc shows of its environment, so the marker alone misses them) and all their
+    descendants."""
+    groups = {int(p.read_text()) for p in (root / "pids").glob("*.pid")}
+    pids = set(stack_processes(root))
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) in groups:
+                pids.add(proc.pid)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    for pid in list(pids):
+        try:
+            pids.update(c.pid for c in psutil.Process(pid).children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+    return sorted(pids)
+
+
 def test_only_the_three_services_listen_and_only_on_loopback(embedded_stack):
     env = embedded_stack.env
-    sockets = listening_sockets(stack_processes(embedded_stack.root))
+    sockets = listening_sockets(stack_process_tree(embedded_stack.root))
     assert sockets, "no listening socket found for the stack's processes"
     wrong_host = {s for s in sockets if s[0] != "127.0.0.1"}
     assert not wrong_host, f"listening beyond 127.0.0.1: {sorted(wrong_host)}"
@@ -110,7 +131,7 @@ def test_moving_the_alias_does_not_change_the_served_model_until_a_deploy(embedd
     served_before = _served_version(serving)
     assert served_before == str(champion.version)
     # another version with the same artifacts: someone with registry access moves the alias to it
-    other = client.create_model_version("iris-model", champion.source, run_id=champion.run_id)
+    other = client.create_model_version("iris-model", f"models:/iris-model/{champion.version}")
     try:
         client.set_registered_model_alias("iris-model", "champion", other.version)
         master = int((embedded_stack.root / "pids" / "serving.pid").read_text())
