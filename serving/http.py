@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 from dataclasses import dataclass
 from functools import wraps
 from typing import Any
@@ -67,6 +68,11 @@ def require_model() -> Active:
         reason = err.message if err is not None else "no model loaded yet"
         raise ApiError(503, f"model not ready: {reason}", {"Retry-After": "5"})
     return active
+
+
+def iso_utc(ts: float) -> str:
+    """A Unix time as ISO 8601 UTC, the format of every timestamp in the JSON and CSV answers."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def endpoint_label() -> str:

@@ -10,7 +10,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from stack.config import read_env_file
+from stack.config import StackConfig, read_env_file
+from stack.manager import stack_stragglers
 from stack.procs import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,16 +33,8 @@ def stack_cmd(env: dict, *args: str, timeout: float = 1200) -> subprocess.Comple
 
 
 def stack_processes(root: Path) -> list[int]:
-    needle = f"DRIFTLOOP_STACK_DIR={root}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
+    """The processes that carry the stack's marker variable (what `make stop` looks for)."""
+    return stack_stragglers(StackConfig(root=root))
 
 
 @dataclass

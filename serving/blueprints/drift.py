@@ -7,13 +7,9 @@ from flask import Blueprint
 
 from serving import metrics
 from serving.drift import drift_report
-from serving.http import ctx, json_response, require_admin, require_model
+from serving.http import ctx, iso_utc, json_response, require_admin, require_model
 
 bp = Blueprint("drift", __name__)
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 @bp.get("/drift/status")
@@ -29,7 +25,7 @@ def drift_status():
                           correction=cfg.drift_correction, window_size=cfg.drift_window_size,
                           min_samples=cfg.effective_min_samples)
     report.update(model_name=m.name, model_version=m.version, run_id=m.run_id,
-                  window_started_at=_iso(active.epoch_started_at), checked_at=_iso(time.time()))
+                  window_started_at=iso_utc(active.epoch_started_at), checked_at=iso_utc(time.time()))
     metrics.DRIFT_SAMPLES.set(report["samples"])
     metrics.DRIFT_DETECTED.set(1 if report["drift_detected"] else 0)
     return json_response(report)

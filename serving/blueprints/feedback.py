@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 
 from flask import Blueprint, current_app, g, request
 
 from serving import metrics
-from serving.http import ApiError, ctx, json_response, require_admin, require_feedback_credential, require_model
+from serving.http import ApiError, ctx, iso_utc, json_response, require_admin, require_feedback_credential, require_model
 from serving.inputs import check_content_type, parse_feedback, parse_feedback_source, parse_json_object
 from serving.store import FeedbackProvenance
 
@@ -48,10 +47,6 @@ def _flag(name: str) -> bool:
     raise ApiError(400, f"query parameter {name} must be 'true' or 'false', got {value[:40]!r}")
 
 
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
 @bp.get("/feedback/export")
 @require_admin
 def feedback_export():
@@ -69,7 +64,7 @@ def feedback_export():
             continue
         row = [*(repr(float(v)) for v in rec.features), rec.label]
         if with_provenance:  # rows stored before provenance was recorded have empty cells there
-            row += [_iso(rec.created_at), rec.credential or "", rec.client_addr or "", rec.source or "",
+            row += [iso_utc(rec.created_at), rec.credential or "", rec.client_addr or "", rec.source or "",
                     rec.model_version or ""]
         writer.writerow(row)
         rows += 1

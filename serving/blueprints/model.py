@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 
 from flask import Blueprint, request
 
 from serving import metrics
-from serving.http import ApiError, ctx, json_response, require_admin, require_model
+from serving.http import ApiError, ctx, iso_utc, json_response, require_admin, require_model
 from serving.inputs import check_content_type, parse_json_object, parse_rows
 from serving.model import ModelLoadError
 
@@ -22,7 +21,7 @@ def _reload_info(c) -> dict | None:
     if last is None:
         return None
     return {"ok": last.ok, "version": last.version, "message": last.message,
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last.at))}
+            "at": iso_utc(last.at)}
 
 
 @bp.get("/health")
@@ -60,7 +59,7 @@ def model_info():
         "name": m.name, "version": m.version, "alias": m.alias, "run_id": m.run_id,
         "feature_names": list(m.feature_names), "n_features": m.n_features, "loaded_at": m.loaded_at,
         "backend": m.backend, "backend_note": m.backend_note, "reference_samples": int(len(m.reference)),
-        "window_started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(active.epoch_started_at)),
+        "window_started_at": iso_utc(active.epoch_started_at),
         "load_error": c.manager.error_info(), "last_reload": _reload_info(c),
     })
 

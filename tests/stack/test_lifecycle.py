@@ -1,14 +1,9 @@
 """The embedded stack as a user drives it: `make run`, `make status`, `make e2e`, `make stop`,
 on free ports in a temporary state directory; plus the failure modes a user meets."""
-import os
 import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-from stack.procs import free_port
 
 from tests.stack_fixture import stack_cmd, stack_env, stack_processes
 
