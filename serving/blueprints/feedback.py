@@ -51,6 +51,10 @@ def _flag(name: str) -> bool:
 @require_admin
 def feedback_export():
     c = ctx()
+    unknown = sorted(set(request.args) - {"provenance"})
+    if unknown:  # a misspelt option must not silently export something else than asked for
+        raise ApiError(400, f"unknown query parameter(s) {[name[:40] for name in unknown[:5]]}: "
+                            "/feedback/export takes only 'provenance'")
     with_provenance = _flag("provenance")
     active = require_model()
     names = list(active.model.feature_names)

@@ -342,6 +342,8 @@ def test_feedback_provenance_is_stored_and_exported(app, client):
         assert row[9] == app.extensions["serving"].manager.active.model.version
     bad = client.get("/feedback/export?provenance=maybe", headers=AUTH)
     assert bad.status_code == 400 and "provenance" in bad.json["error"]
+    misspelt = client.get("/feedback/export?provenence=true", headers=AUTH)
+    assert misspelt.status_code == 400 and "provenence" in misspelt.json["error"]
 
 
 # -- issue 9: metric labels are bounded ----------------------------------------------------------
