@@ -5,7 +5,8 @@
 `create_app(config=None)` reads the environment (see serving/config.py and docs/serving.md);
 `config` (a mapping with the environment variables' names, or a ServingConfig) overrides it.
 Each gunicorn worker builds its own app and loads the champion at start; the drift window, the
-served-version record and the feedback rows live in the shared SQLite store.
+served-version record and the feedback rows live in the shared state store (SERVING_STORE_URL:
+SQLite for one host, PostgreSQL for several replicas).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from serving.fastpath import PredictFastPath
 from serving.http import ServingContext, endpoint_label, register_error_handlers
 from serving.manager import ModelManager
 from serving.model import MlflowModelLoader
-from serving.store import SQLiteStore
+from serving.store import open_store
 
 log = logging.getLogger("serving")
 
@@ -34,7 +35,7 @@ def create_app(config: ServingConfig | Mapping[str, Any] | None = None) -> Flask
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
     app.config["SERVING"] = cfg
 
-    store = SQLiteStore(cfg.resolved_db_path, cfg.drift_window_size)
+    store = open_store(cfg.resolved_store_url, cfg.drift_window_size)
     loader = MlflowModelLoader(cfg.mlflow_tracking_uri, cfg.model_name, cfg.model_alias, cfg.predict_backend)
     manager = ModelManager(store, loader, retry_seconds=cfg.load_retry_seconds)
     app.extensions["serving"] = ServingContext(cfg, store, manager)

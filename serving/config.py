@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from serving.store import SQLITE_PREFIX, check_store_url
+
 CORRECTIONS = ("bonferroni", "bh", "none")
 BACKENDS = ("auto", "onnx", "sklearn")
 
@@ -42,7 +44,10 @@ class ServingConfig:
     drift_correction: str = field(default="bonferroni", metadata={"env": "DRIFT_CORRECTION"})
     # state shared by all workers and restarts
     state_dir: str = field(default=".stack/serving", metadata={"env": "SERVING_STATE_DIR"})
-    db_path: str = field(default="", metadata={"env": "SERVING_DB_PATH"})  # "" = <state_dir>/serving.sqlite3
+    # sqlite:///<path> or postgresql://user:password@host:port/db (serving/store/__init__.py);
+    # "" = sqlite:///<SERVING_DB_PATH>, whose default is <state_dir>/serving.sqlite3
+    store_url: str = field(default="", metadata={"env": "SERVING_STORE_URL"})
+    db_path: str = field(default="", metadata={"env": "SERVING_DB_PATH"})
     # credentials (bearer tokens; empty = the endpoints they guard are disabled)
     admin_token: str = field(default="", metadata={"env": "SERVING_ADMIN_TOKEN"})
     feedback_token: str = field(default="", metadata={"env": "SERVING_FEEDBACK_TOKEN"})
@@ -61,6 +66,10 @@ class ServingConfig:
         if self.db_path:
             return Path(self.db_path)
         return Path(self.state_dir) / "serving.sqlite3"
+
+    @property
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"{SQLITE_PREFIX}{self.resolved_db_path}"
 
     @property
     def effective_min_samples(self) -> int:
@@ -119,6 +128,10 @@ class ServingConfig:
             raise ConfigError("SERVING_MAX_BATCH must be >= 1")
         if self.max_body_bytes < 64:
             raise ConfigError("SERVING_MAX_BODY_BYTES must be >= 64")
+        try:
+            check_store_url(self.resolved_store_url)
+        except ValueError as exc:
+            raise ConfigError(f"SERVING_STORE_URL: {exc}") from exc
         if not self.model_name:
             raise ConfigError("MODEL_NAME must not be empty")
         for name, token in (("SERVING_ADMIN_TOKEN", self.admin_token), ("SERVING_FEEDBACK_TOKEN", self.feedback_token)):

@@ -23,7 +23,7 @@ from serving.config import ServingConfig
 from serving.inputs import InputError
 from serving.manager import Active, ModelManager
 from serving.model import ModelLoadError
-from serving.store import SQLiteStore
+from serving.store import StateStore, StoreUnavailable
 
 log = logging.getLogger("serving")
 
@@ -31,7 +31,7 @@ log = logging.getLogger("serving")
 @dataclass
 class ServingContext:
     config: ServingConfig
-    store: SQLiteStore
+    store: StateStore
     manager: ModelManager
 
 
@@ -156,6 +156,13 @@ def register_error_handlers(app: Flask) -> None:
         status = 503 if exc.kind == "unavailable" else 409
         return error_response(status, f"reload failed, the previous model keeps serving: {exc.message}",
                               kind=exc.kind, version=exc.version)
+
+    @app.errorhandler(StoreUnavailable)
+    def _store_unavailable(exc: StoreUnavailable):
+        metrics.STORE_ERRORS.labels("request").inc()
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        return error_response(503, f"{exc}; this request changed nothing, retry later", {"Retry-After": "5"},
+                              store=exc.store)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

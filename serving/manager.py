@@ -26,8 +26,9 @@ import threading
 import time
 from dataclasses import dataclass
 
+from serving import metrics
 from serving.model import LoadedModel, MlflowModelLoader, ModelLoadError
-from serving.store import ReloadOutcome, ServedRecord, SQLiteStore
+from serving.store import ReloadOutcome, ServedRecord, StateStore, StoreUnavailable
 
 log = logging.getLogger("serving.manager")
 
@@ -40,7 +41,7 @@ class Active:
 
 
 class ModelManager:
-    def __init__(self, store: SQLiteStore, loader: MlflowModelLoader, retry_seconds: float = 15.0):
+    def __init__(self, store: StateStore, loader: MlflowModelLoader, retry_seconds: float = 15.0):
         self.store = store
         self.loader = loader
         self.name = loader.model_name
@@ -52,18 +53,43 @@ class ModelManager:
         self._next_retry = 0.0
         self._behind_flag = False
         self._lock = threading.RLock()
+        self.store_error: StoreUnavailable | None = None  # the last failure to read the served record
+        self.store_error_at: float | None = None
 
     # -- per request -----------------------------------------------------------------------------
     def sync(self) -> Active | None:
-        """Follow the shared served record; one cheap SELECT unless something changed."""
-        generation = self.store.generation(self.name)
-        if generation is not None and generation == self._seen_generation and not self._behind:
+        """Follow the shared served record; one cheap SELECT unless something changed.
+
+        Never raises for a store outage: the worker keeps serving what it has (remembered in
+        `store_error` for /health) and follows the record again once the store answers."""
+        try:
+            generation = self.store.generation(self.name)
+            if generation is not None and generation == self._seen_generation and not self._behind:
+                self._store_ok()
+                return self.active
+            if generation == self._seen_generation and time.monotonic() < self._next_retry:
+                self._store_ok()
+                return self.active  # not ready or behind, and the next retry is not due yet
+            with self._lock:
+                self._sync_locked()
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
             return self.active
-        if generation == self._seen_generation and time.monotonic() < self._next_retry:
-            return self.active  # not ready or behind, and the next retry is not due yet
-        with self._lock:
-            self._sync_locked()
+        self._store_ok()
         return self.active
+
+    def _store_ok(self) -> None:
+        if self.store_error is not None:
+            log.info("state store %s answers again", self.store.location)
+            self.store_error = None
+            self.store_error_at = None
+
+    def _store_failed(self, exc: StoreUnavailable) -> None:
+        metrics.STORE_ERRORS.labels("sync").inc()
+        if self.store_error is None:
+            log.warning("%s; serving the loaded model meanwhile", exc)
+        self.store_error = exc
+        self.store_error_at = time.time()
 
     @property
     def _behind(self) -> bool:
@@ -145,6 +171,10 @@ class ModelManager:
         except ModelLoadError as exc:
             self._fail(exc)
             return False
+        except StoreUnavailable as exc:  # which version to serve is in the store: wait for it
+            self._store_failed(exc)
+            self._fail(ModelLoadError(f"{exc}; the served version is recorded there", "unavailable"))
+            return False
         self._clear_error()
         return True
 
@@ -194,6 +224,14 @@ class ModelManager:
     # -- status ------------------------------------------------------------------------------------
     def last_reload(self) -> ReloadOutcome | None:
         return self.store.last_reload(self.name)
+
+    def store_info(self) -> dict:
+        err = self.store_error
+        info = {"ok": err is None, "location": self.store.location}
+        if err is not None:
+            info.update(message=str(err), since=time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                              time.gmtime(self.store_error_at or time.time())))
+        return info
 
     def error_info(self) -> dict | None:
         err = self.load_error

@@ -19,6 +19,10 @@ LATENCY = Histogram("serving_http_request_duration_seconds", "Time to answer an 
 PREDICTED_ROWS = Counter("serving_predicted_rows_total", "Rows predicted", ["model_version", "backend"])
 INPUT_ERRORS = Counter("serving_input_errors_total", "Requests rejected for invalid input", ["endpoint"])
 FEEDBACK_ROWS = Counter("serving_feedback_rows_total", "Labelled feedback rows stored")
+STORE_ERRORS = Counter("serving_store_errors_total", "State-store operations that failed (store unreachable)",
+                       ["operation"])
+WINDOW_ROWS_UNRECORDED = Counter("serving_window_rows_unrecorded_total",
+                                 "Predicted rows that could not be added to the drift window (store unavailable)")
 RELOADS = Counter("serving_model_reloads_total", "Admin reload calls by outcome", ["outcome"])
 MODEL_LOADED = Gauge("serving_model_loaded", "1 while this worker serves a model (summed over live workers)",
                      multiprocess_mode="livesum")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 
 from flask import Blueprint, request
 
@@ -10,6 +9,7 @@ from serving import metrics
 from serving.http import ApiError, ctx, iso_utc, json_response, require_admin, require_model
 from serving.inputs import check_content_type, parse_json_object, parse_rows
 from serving.model import ModelLoadError
+from serving.store import StoreUnavailable
 
 log = logging.getLogger("serving")
 bp = Blueprint("model", __name__)
@@ -17,7 +17,11 @@ _row_counters: dict = {}  # (version, backend) -> its labelled counter (label lo
 
 
 def _reload_info(c) -> dict | None:
-    last = c.manager.last_reload()
+    """The last reload attempt, or None (none yet, or the store cannot say: /health reports that)."""
+    try:
+        last = c.manager.last_reload()
+    except StoreUnavailable:
+        return None
     if last is None:
         return None
     return {"ok": last.ok, "version": last.version, "message": last.message,
@@ -29,17 +33,23 @@ def health():
     c = ctx()
     active = c.manager.sync()
     load_error = c.manager.error_info()
+    store = c.manager.store_info()
     last_reload = _reload_info(c)
-    body = {"model_name": c.config.model_name, "load_error": load_error, "last_reload": last_reload}
+    body = {"model_name": c.config.model_name, "load_error": load_error, "last_reload": last_reload,
+            "store": store}
     metrics.MODEL_LOADED.set(0 if active is None else 1)
     if active is None:
         reason = load_error["message"] if load_error else "no model loaded yet"
         body.update(status="not ready", ready=False, model_version=None, backend=None, reason=reason)
         return json_response(body, 503)
-    degraded = load_error is not None or (last_reload is not None and not last_reload["ok"])
+    load_failed = load_error is not None or (last_reload is not None and not last_reload["ok"])
+    degraded = load_failed or not store["ok"]
     body.update(status="degraded" if degraded else "ok", ready=True, model_version=active.model.version,
                 backend=active.model.backend)
-    if degraded:
+    if not store["ok"]:
+        body["reason"] = (f"{store['message']}; predictions are answered from the loaded model, their rows "
+                          "are not added to the drift window meanwhile (counted in serving_window_rows_unrecorded_total)")
+    elif load_failed:
         body["reason"] = ("the last model load failed; the previous model keeps serving: "
                           + ((load_error or {}).get("message") or (last_reload or {}).get("message") or ""))
     return json_response(body)
@@ -100,9 +110,10 @@ def predict_parsed(c, active, data: dict) -> dict:
     predictions = model.predict(X)
     try:
         c.store.add_rows(active.epoch, X)
-    except sqlite3.Error as exc:  # the answer matters more than the window: log and count
+    except StoreUnavailable as exc:  # the answer matters more than the window: log and count
         log.warning("drift window insert failed: %s", exc)
-        metrics.INPUT_ERRORS.labels("window_store").inc()
+        metrics.STORE_ERRORS.labels("window_insert").inc()
+        metrics.WINDOW_ROWS_UNRECORDED.inc(len(X))
     key = (model.version, model.backend)
     counter = _row_counters.get(key)
     if counter is None:

@@ -1,128 +1,21 @@
-"""State shared by all workers of the serving app and kept across restarts.
-
-Three small interfaces, one embedded implementation (`SQLiteStore`, a SQLite file in WAL mode):
-
-- `ServedStateStore`: which model version the app serves (the 'desired version' record every worker
-  checks cheaply on each request), its drift-window epoch, a generation counter that changes on
-  every switch, and the outcome of the last reload attempt. This record, not the registry alias, is
-  what a starting or restarting worker serves; only an admin reload rewrites it (serving/manager.py).
-- `WindowStore`: the drift window, rows of valid, predicted inputs tagged with the epoch (one epoch
-  per activation of a model version). A new epoch is a new, empty window.
-- `FeedbackStore`: labelled rows (features + true label) for retraining, each with its provenance
-  (received time, credential kind, client address, caller-given source); kept across reloads.
+"""The embedded state store: one SQLite file in WAL mode, shared by every worker of one host.
 
 State files written by an older version are migrated in place when a store opens them (new columns
-are added, no row is lost).
-
-A server-backed store (PostgreSQL, Redis) can implement the same interfaces for several replicas.
-No Flask here.
+are added, no row is lost). Driver errors leave as `StoreUnavailable` (serving/store/base.py).
 """
 from __future__ import annotations
 
-import abc
 import json
 import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class ServedRecord:
-    model_name: str
-    version: str
-    run_id: str | None
-    epoch: int
-    generation: int
-    activated_at: float
-    epoch_started_at: float
-
-
-@dataclass(frozen=True)
-class ReloadOutcome:
-    ok: bool
-    version: str | None
-    message: str | None
-    at: float
-
-
-@dataclass(frozen=True)
-class FeedbackProvenance:
-    """Where a feedback request came from. `credential`: the kind of bearer token that sent it
-    ("feedback" or "admin"); `client_addr`: the peer address the app saw; `source`: the caller's own
-    optional tag (validated by serving/inputs.py). The received time is the row's `created_at`."""
-    credential: str | None = None
-    client_addr: str | None = None
-    source: str | None = None
-
-
-@dataclass(frozen=True)
-class FeedbackRecord:
-    features: list[float]
-    label: int | str
-    model_version: str | None
-    created_at: float  # Unix time of receipt (UTC)
-    credential: str | None  # None for rows stored before provenance was recorded
-    client_addr: str | None
-    source: str | None
-
-
-class ServedStateStore(abc.ABC):
-    @abc.abstractmethod
-    def generation(self, model_name: str) -> int | None:
-        """The change counter of the served record (cheap; called on every request)."""
-
-    @abc.abstractmethod
-    def served(self, model_name: str) -> ServedRecord | None: ...
-
-    @abc.abstractmethod
-    def activate(self, model_name: str, version: str, run_id: str | None,
-                 if_absent: bool = False) -> tuple[ServedRecord, bool]:
-        """Make `version` the served one. Atomic; a new epoch (an empty window) only when the version
-        changes. With `if_absent`, only when there is no served record yet (a first start): an
-        existing record is returned unchanged. Returns (record, whether a new epoch was started)."""
-
-    @abc.abstractmethod
-    def record_reload(self, model_name: str, ok: bool, version: str | None, message: str | None) -> None: ...
-
-    @abc.abstractmethod
-    def last_reload(self, model_name: str) -> ReloadOutcome | None: ...
-
-
-class WindowStore(abc.ABC):
-    @abc.abstractmethod
-    def add_rows(self, epoch: int, rows: np.ndarray) -> None: ...
-
-    @abc.abstractmethod
-    def window(self, epoch: int, size: int) -> np.ndarray:
-        """The last `size` rows of the epoch, oldest first, as a float64 array (n, k)."""
-
-    @abc.abstractmethod
-    def reset_window(self, epoch: int) -> int:
-        """Empty the window of the epoch; returns how many rows were dropped."""
-
-
-class FeedbackStore(abc.ABC):
-    @abc.abstractmethod
-    def add_feedback(self, model_name: str, model_version: str | None, rows: np.ndarray,
-                     labels: Sequence[int | str], provenance: FeedbackProvenance | None = None) -> int: ...
-
-    @abc.abstractmethod
-    def iter_feedback_records(self, model_name: str) -> Iterator[FeedbackRecord]:
-        """Every feedback row of the model name with its provenance, oldest first."""
-
-    def iter_feedback(self, model_name: str) -> Iterator[tuple[list[float], int | str]]:
-        """(features, label) of every feedback row, oldest first."""
-        for record in self.iter_feedback_records(model_name):
-            yield record.features, record.label
-
-    @abc.abstractmethod
-    def count_feedback(self, model_name: str) -> int: ...
+from serving.store.base import FeedbackProvenance, FeedbackRecord, ReloadOutcome, ServedRecord, StateStore, translate_errors
 
 
 _SCHEMA = """
@@ -176,7 +69,8 @@ _ADDED_COLUMNS = {
 }
 
 
-class SQLiteStore(ServedStateStore, WindowStore, FeedbackStore):
+@translate_errors(sqlite3.Error)
+class SQLiteStore(StateStore):
     """All three stores in one SQLite file (WAL mode: readers never block the one writer).
 
     One connection per process and thread (connections are never shared across a fork). A request
@@ -187,6 +81,7 @@ class SQLiteStore(ServedStateStore, WindowStore, FeedbackStore):
     def __init__(self, path: str | os.PathLike, window_size: int, busy_timeout_ms: int = 10_000,
                  prune_every: int = 256, checkpoint_seconds: float = 1.0):
         self.path = Path(path)
+        self.location = f"sqlite:///{self.path}"
         self.window_size = int(window_size)
         self.busy_timeout_ms = busy_timeout_ms
         self.prune_every = max(1, int(prune_every))

@@ -1,0 +1,181 @@
+"""The interfaces of the serving state store and the records it returns. No driver and no Flask here.
+
+Three small interfaces, implemented together by each backend (serving/store/sqlite.py,
+serving/store/postgres.py):
+
+- `ServedStateStore`: which model version the app serves (the 'desired version' record every worker
+  checks cheaply on each request), its drift-window epoch, a generation counter that changes on
+  every switch, and the outcome of the last reload attempt. This record, not the registry alias, is
+  what a starting or restarting worker serves; only an admin reload rewrites it (serving/manager.py).
+- `WindowStore`: the drift window, rows of valid, predicted inputs tagged with the epoch (one epoch
+  per activation of a model version). A new epoch is a new, empty window.
+- `FeedbackStore`: labelled rows (features + true label) for retraining, each with its provenance
+  (received time, credential kind, client address, caller-given source); kept across reloads.
+
+Every backend raises `StoreUnavailable` (never its driver's exceptions) when it cannot reach or use
+its storage, so the app can keep answering predictions and say which store is down.
+"""
+from __future__ import annotations
+
+import abc
+import functools
+import inspect
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+
+
+class StoreUnavailable(RuntimeError):
+    """The state store cannot be reached or used right now; `store` names it (credentials removed)."""
+
+    def __init__(self, store: str, reason: str):
+        super().__init__(f"the serving state store {store} is unavailable: {reason}")
+        self.store = store
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ServedRecord:
+    model_name: str
+    version: str
+    run_id: str | None
+    epoch: int
+    generation: int
+    activated_at: float
+    epoch_started_at: float
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    ok: bool
+    version: str | None
+    message: str | None
+    at: float
+
+
+@dataclass(frozen=True)
+class FeedbackProvenance:
+    """Where a feedback request came from. `credential`: the kind of bearer token that sent it
+    ("feedback" or "admin"); `client_addr`: the peer address the app saw; `source`: the caller's own
+    optional tag (validated by serving/inputs.py). The received time is the row's `created_at`."""
+    credential: str | None = None
+    client_addr: str | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    features: list[float]
+    label: int | str
+    model_version: str | None
+    created_at: float  # Unix time of receipt (UTC)
+    credential: str | None  # None for rows stored before provenance was recorded
+    client_addr: str | None
+    source: str | None
+
+
+class ServedStateStore(abc.ABC):
+    @abc.abstractmethod
+    def generation(self, model_name: str) -> int | None:
+        """The change counter of the served record (cheap; called on every request)."""
+
+    @abc.abstractmethod
+    def served(self, model_name: str) -> ServedRecord | None: ...
+
+    @abc.abstractmethod
+    def activate(self, model_name: str, version: str, run_id: str | None,
+                 if_absent: bool = False) -> tuple[ServedRecord, bool]:
+        """Make `version` the served one. Atomic; a new epoch (an empty window) only when the version
+        changes. With `if_absent`, only when there is no served record yet (a first start): an
+        existing record is returned unchanged. Returns (record, whether a new epoch was started)."""
+
+    @abc.abstractmethod
+    def record_reload(self, model_name: str, ok: bool, version: str | None, message: str | None) -> None: ...
+
+    @abc.abstractmethod
+    def last_reload(self, model_name: str) -> ReloadOutcome | None: ...
+
+
+class WindowStore(abc.ABC):
+    @abc.abstractmethod
+    def add_rows(self, epoch: int, rows: np.ndarray) -> None: ...
+
+    @abc.abstractmethod
+    def window(self, epoch: int, size: int) -> np.ndarray:
+        """The last `size` rows of the epoch, oldest first, as a float64 array (n, k)."""
+
+    @abc.abstractmethod
+    def reset_window(self, epoch: int) -> int:
+        """Empty the window of the epoch; returns how many rows were dropped."""
+
+
+class FeedbackStore(abc.ABC):
+    @abc.abstractmethod
+    def add_feedback(self, model_name: str, model_version: str | None, rows: np.ndarray,
+                     labels: Sequence[int | str], provenance: FeedbackProvenance | None = None) -> int: ...
+
+    @abc.abstractmethod
+    def iter_feedback_records(self, model_name: str) -> Iterator[FeedbackRecord]:
+        """Every feedback row of the model name with its provenance, oldest first."""
+
+    def iter_feedback(self, model_name: str) -> Iterator[tuple[list[float], int | str]]:
+        """(features, label) of every feedback row, oldest first."""
+        for record in self.iter_feedback_records(model_name):
+            yield record.features, record.label
+
+    @abc.abstractmethod
+    def count_feedback(self, model_name: str) -> int: ...
+
+
+
+class StateStore(ServedStateStore, WindowStore, FeedbackStore):
+    """All three interfaces in one backend (what the app is given)."""
+
+    #: a description of where the state lives, safe to show (no password)
+    location: str = ""
+
+    def close(self) -> None:
+        """Release connections held by this process (optional)."""
+
+
+# The methods of the three interfaces: a backend's driver errors are translated in these only.
+INTERFACE_METHODS = ("generation", "served", "activate", "record_reload", "last_reload", "add_rows", "window",
+                     "reset_window", "add_feedback", "iter_feedback_records", "count_feedback")
+
+
+def translate_errors(*driver_errors: type[BaseException]):
+    """Class decorator for a backend: its interface methods raise `StoreUnavailable` (naming
+    `self.location`) instead of the driver's `driver_errors`. Generators are wrapped so that an error
+    while iterating is translated too."""
+
+    def wrap(method):
+        if inspect.isgeneratorfunction(method):
+            @functools.wraps(method)
+            def gen_wrapper(self, *args, **kwargs):
+                try:
+                    yield from method(self, *args, **kwargs)
+                except driver_errors as exc:
+                    raise StoreUnavailable(self.location, _reason(exc)) from exc
+            return gen_wrapper
+
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except driver_errors as exc:
+                raise StoreUnavailable(self.location, _reason(exc)) from exc
+        return wrapper
+
+    def decorate(cls):
+        for name in INTERFACE_METHODS:
+            if name in cls.__dict__:
+                setattr(cls, name, wrap(cls.__dict__[name]))
+        return cls
+
+    return decorate
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
