@@ -65,3 +65,23 @@ def embedded_stack(tmp_path_factory):
         yield stack
     finally:
         stack_cmd(env, "stop", timeout=300)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server (Debian's initdb/pg_ctl) in a temporary directory, for the session."""
+    from stack.local_postgres import start_local_postgres
+
+    server = start_local_postgres()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request):
+    """A new, empty database on the session's server; its libpq URL."""
+    import re
+    import uuid
+
+    name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:40] + "_" + uuid.uuid4().hex[:8]
+    return postgres_server.create_database(name)

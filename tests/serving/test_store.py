@@ -1,26 +1,51 @@
-"""The shared SQLite store: one window for all processes, epochs, feedback."""
+"""The state store contract, run against both backends: SQLite (the embedded default) and a real
+PostgreSQL server (several replicas). Backend-specific behaviour (SQLite file migration, PostgreSQL
+concurrency and outages) is tested below the contract."""
 from __future__ import annotations
 
 import multiprocessing as mp
 
 import numpy as np
+import pytest
 
-from serving.store import SQLiteStore
+from serving.store import FeedbackProvenance, SQLiteStore, StoreUnavailable, open_store
 
 
-def _writer(path, epoch, start, n):
-    store = SQLiteStore(path, window_size=1000)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 's.sqlite3'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(autouse=True)
+def _close_stores(monkeypatch):
+    """Close every store a test opened (a PostgreSQL store holds a pool with a worker thread)."""
+    opened, really_open = [], open_store
+
+    def opening(*args, **kwargs):
+        store = really_open(*args, **kwargs)
+        opened.append(store)
+        return store
+
+    monkeypatch.setitem(globals(), "open_store", opening)
+    yield
+    for store in opened:
+        store.close()
+
+
+def _writer(url, epoch, start, n):
+    store = open_store(url, window_size=1000)
     for i in range(start, start + n):
         store.add_rows(epoch, np.array([[float(i), 0.0]]))
 
 
-def test_window_is_shared_by_processes_and_trimmed(tmp_path):
-    path = tmp_path / "s.sqlite3"
-    store = SQLiteStore(path, window_size=50, prune_every=7)
+def test_window_is_shared_by_processes_and_trimmed(store_url):
+    store = open_store(store_url, window_size=50, prune_every=7)
     record, started = store.activate("m", "1", "run1")
     assert started and record.generation == 1
     ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_writer, args=(path, record.epoch, k * 1000, 60)) for k in range(2)]
+    procs = [ctx.Process(target=_writer, args=(store_url, record.epoch, k * 1000, 60)) for k in range(2)]
     for p in procs:
         p.start()
     for p in procs:
@@ -28,15 +53,17 @@ def test_window_is_shared_by_processes_and_trimmed(tmp_path):
         assert p.exitcode == 0
     window = store.window(record.epoch, 50)
     assert window.shape == (50, 2)
+    assert store.window(record.epoch, 10_000).shape[0] == 120  # nothing trimmed by the writers (window 1000)
     # a second store object (another worker, or the app after a restart) sees the same rows
-    again = SQLiteStore(path, window_size=50)
+    again = open_store(store_url, window_size=50)
     assert np.array_equal(again.window(record.epoch, 50), window)
     store.prune(record.epoch)
-    assert store.conn.execute("SELECT COUNT(*) FROM window_rows").fetchone()[0] == 50
+    assert store.window(record.epoch, 10_000).shape[0] == 50
+    assert np.array_equal(store.window(record.epoch, 50), window)  # the newest 50 were kept
 
 
-def test_activation_restarts_the_window_only_for_a_new_version(tmp_path):
-    store = SQLiteStore(tmp_path / "s.sqlite3", window_size=10)
+def test_activation_restarts_the_window_only_for_a_new_version(store_url):
+    store = open_store(store_url, window_size=10)
     r1, _ = store.activate("m", "1", "a")
     store.add_rows(r1.epoch, np.ones((3, 4)))
     same, started = store.activate("m", "1", "a")
@@ -47,10 +74,13 @@ def test_activation_restarts_the_window_only_for_a_new_version(tmp_path):
     assert store.window(r2.epoch, 10).shape[0] == 0
     assert store.window(r1.epoch, 10).shape[0] == 0  # old rows dropped
     assert store.generation("m") == r2.generation and store.generation("other") is None
+    served = store.served("m")
+    assert (served.version, served.run_id, served.epoch) == ("2", "b", r2.epoch)
+    assert served.epoch_started_at >= r1.epoch_started_at
 
 
-def test_batch_larger_than_window_keeps_the_last_rows(tmp_path):
-    store = SQLiteStore(tmp_path / "s.sqlite3", window_size=5)
+def test_batch_larger_than_window_keeps_the_last_rows(store_url):
+    store = open_store(store_url, window_size=5)
     r, _ = store.activate("m", "1", None)
     store.add_rows(r.epoch, np.arange(40, dtype=float).reshape(20, 2))
     w = store.window(r.epoch, 5)
@@ -59,20 +89,120 @@ def test_batch_larger_than_window_keeps_the_last_rows(tmp_path):
     assert store.window(r.epoch, 5).shape[0] == 0
 
 
-def test_feedback_round_trip(tmp_path):
-    store = SQLiteStore(tmp_path / "s.sqlite3", window_size=5)
+def test_feedback_round_trip(store_url):
+    store = open_store(store_url, window_size=5)
     assert store.add_feedback("m", "1", np.array([[1.5, 2.0], [3.0, 4.25]]), [0, "b"]) == 2
     assert list(store.iter_feedback("m")) == [([1.5, 2.0], 0), ([3.0, 4.25], "b")]
     assert store.count_feedback("m") == 2 and store.count_feedback("x") == 0
+    store.add_feedback("m", "2", np.array([[5.0, 6.0]]), [2], FeedbackProvenance("feedback", "10.0.0.9", "lab-1"))
+    last = list(open_store(store_url, window_size=5).iter_feedback_records("m"))[-1]
+    assert (last.features, last.label, last.model_version) == ([5.0, 6.0], 2, "2")
+    assert (last.credential, last.client_addr, last.source) == ("feedback", "10.0.0.9", "lab-1")
+    assert last.created_at > 1.7e9
 
 
-def test_reload_outcome(tmp_path):
-    store = SQLiteStore(tmp_path / "s.sqlite3", window_size=5)
+def test_reload_outcome(store_url):
+    store = open_store(store_url, window_size=5)
     assert store.last_reload("m") is None
     store.record_reload("m", False, "3", "boom")
     last = store.last_reload("m")
     assert not last.ok and last.version == "3" and last.message == "boom"
+    store.record_reload("m", True, "4", None)
+    last = store.last_reload("m")
+    assert last.ok and last.version == "4" and last.message is None
 
+
+def test_activate_if_absent_never_replaces_a_record(store_url):
+    store = open_store(store_url, window_size=5)
+    first, started = store.activate("m", "1", "a", if_absent=True)
+    assert started and first.version == "1"
+    same, started = store.activate("m", "2", "b", if_absent=True)
+    assert not started and same == first
+
+
+def test_unsupported_store_url_is_refused_without_echoing_the_password():
+    from serving.store import check_store_url
+
+    with pytest.raises(ValueError) as err:
+        check_store_url("mysql://u:s3cret@db/x")
+    assert "s3cret" not in str(err.value) and "sqlite:///" in str(err.value)
+    with pytest.raises(ValueError, match="names no host"):
+        check_store_url("postgresql:///db")
+    with pytest.raises(ValueError, match="file path"):
+        check_store_url("sqlite:///")
+
+
+# -- PostgreSQL: replicas, outages -------------------------------------------------------------------
+
+def _start_replica(url, version, barrier, queue):
+    barrier.wait(30)
+    store = open_store(url, window_size=100)  # creates the schema (all start at once)
+    record, started = store.activate("m", version, f"run-{version}", if_absent=True)
+    queue.put((record.version, record.epoch, record.generation, started))
+
+
+def test_replicas_starting_together_create_the_schema_once_and_agree_on_one_record(postgres_url):
+    ctx = mp.get_context("fork")
+    n = 6
+    barrier, queue = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_start_replica, args=(postgres_url, str(k + 1), barrier, queue)) for k in range(n)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    assert len({r[:3] for r in results}) == 1, results  # one version, one epoch, one generation
+    assert sum(r[3] for r in results) == 1  # exactly one replica started the epoch
+    import psycopg
+
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM epochs").fetchone()[0] == 1
+
+
+def test_store_outage_fails_fast_loses_nothing_and_recovers_without_a_new_store():
+    import time
+
+    from stack.local_postgres import start_local_postgres
+
+    server = start_local_postgres()
+    try:
+        url = server.create_database("serving")
+        store = open_store(url, window_size=100, retry_after=1.0)
+        record, _ = store.activate("m", "1", "a")
+        store.add_rows(record.epoch, np.arange(20, dtype=float).reshape(10, 2))
+        store.add_feedback("m", "1", np.array([[1.0, 2.0]]), [1])
+        server.stop("immediate")  # like a crash of the database server
+
+        t0 = time.monotonic()
+        with pytest.raises(StoreUnavailable) as err:
+            store.generation("m")
+        assert time.monotonic() - t0 < 5
+        assert server.password not in str(err.value) and "127.0.0.1" in str(err.value)
+        for call in (lambda: store.add_rows(record.epoch, np.ones((1, 2))), lambda: store.window(record.epoch, 100),
+                     lambda: list(store.iter_feedback("m")), lambda: store.add_feedback("m", "1", np.ones((1, 2)), [0])):
+            t0 = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                call()
+            assert time.monotonic() - t0 < 5
+
+        server.start()
+        deadline = time.monotonic() + 30
+        while True:  # the same store object reconnects once the breaker lets it try again
+            try:
+                window = store.window(record.epoch, 100)
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline, "the store did not reconnect after the server came back"
+                time.sleep(0.2)
+        assert window[:, 0].tolist() == list(np.arange(0, 20, 2, dtype=float))  # every stored row is there
+        assert list(store.iter_feedback("m")) == [([1.0, 2.0], 1)]
+        assert store.served("m").version == "1" and store.generation("m") == record.generation
+    finally:
+        server.destroy()
+
+
+# -- SQLite: state files of older versions ---------------------------------------------------------------
 
 # the feedback table as the first release created it (before provenance columns existed)
 _OLD_FEEDBACK_TABLE = """
@@ -116,11 +246,3 @@ def test_old_state_file_is_migrated_in_place_and_keeps_its_rows(tmp_path):
     assert (new.features, new.label, new.model_version) == ([5.0, 6.0], 2, "3")
     assert (new.credential, new.client_addr, new.source) == ("feedback", "10.0.0.9", "lab-1")
     assert list(again.iter_feedback("m"))[-1] == ([5.0, 6.0], 2)
-
-
-def test_activate_if_absent_never_replaces_a_record(tmp_path):
-    store = SQLiteStore(tmp_path / "s.sqlite3", window_size=5)
-    first, started = store.activate("m", "1", "a", if_absent=True)
-    assert started and first.version == "1"
-    same, started = store.activate("m", "2", "b", if_absent=True)
-    assert not started and same == first
