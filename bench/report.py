@@ -18,6 +18,12 @@ def markdown(r: dict) -> str:
             ratio = _ratio(s["requests_per_s"], mlflow_row["requests_per_s"]) if mlflow_row else "n/a"
             out.append(f"| {s['name']} | {s['requests_per_s']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | "
                        f"{s['errors']} | {s['peak_rss_mb']:.0f} | {ratio} |")
+        from bench.serving_bench import postgres_vs_sqlite
+
+        pg_ratio = postgres_vs_sqlite(serving)
+        if pg_ratio is not None:
+            out += ["", f"PostgreSQL store (local server, one window for all replicas) vs SQLite store: "
+                        f"{pg_ratio:.0%} of the throughput (goal ≥ 80 %)."]
         out.append("")
     if r.get("drift_quality"):
         out += ["### Drift detection (windows of 100 rows; reference = the champion's training split)", "",
