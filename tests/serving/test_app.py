@@ -308,6 +308,17 @@ def test_feedback_token_settings_are_checked():
     assert cfg.feedback_token == "fb-token" and cfg.admin_token == ""
 
 
+def test_store_url_setting_picks_the_backend_and_rejects_others_without_echoing_a_password():
+    from serving.config import ConfigError, ServingConfig
+
+    assert ServingConfig.from_env({}, environ={"SERVING_STATE_DIR": "/s"}).resolved_store_url == "sqlite:////s/serving.sqlite3"
+    url = "postgresql://serving:pw@db.mlops:5432/serving"
+    assert ServingConfig.from_env({"SERVING_STORE_URL": url}, environ={}).resolved_store_url == url
+    with pytest.raises(ConfigError, match="SERVING_STORE_URL") as err:
+        ServingConfig.from_env({"SERVING_STORE_URL": "redis://u:topsecret@cache:6379/0"}, environ={})
+    assert "topsecret" not in str(err.value)
+
+
 def test_feedback_provenance_is_stored_and_exported(app, client):
     start = _feedback_count(app)
     t0 = time.time()
