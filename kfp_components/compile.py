@@ -1,4 +1,9 @@
-"""The one compile entry point: `python -m kfp_components.compile [--output PATH]` (`make compile`)."""
+"""The one compile entry point: `python -m kfp_components.compile [--output PATH]` (`make compile`).
+
+Compile-time settings (environment): COMPONENT_IMAGE (the components image, see components.py) and
+PIPELINE_SECRET (the Secret the step pods read their credentials from, see pipeline.py). The committed
+retrain_pipeline.yaml is compiled with neither set.
+"""
 from __future__ import annotations
 
 import argparse

@@ -114,7 +114,10 @@ def deploy_model(
     k8s_namespace: str = "mlops",
     k8s_deployment: str = "ml-api",
 ) -> str:
-    """Roll the new champion out to the serving app (see kfp_components.steps.deploy)."""
+    """Roll the new champion out to the serving app (see kfp_components.steps.deploy): `local` reloads it
+    at serving_url; `kubernetes` reloads it through its Service at serving_url, then restarts the
+    Deployment k8s_namespace/k8s_deployment and waits for the rollout. The admin token comes from
+    the environment variable SERVING_ADMIN_TOKEN (on a cluster from the pipeline's Secret)."""
     from kfp_components.steps.deploy import deploy
 
     return deploy(deploy_target, model_name, model_version, serving_url, k8s_namespace, k8s_deployment)

@@ -32,7 +32,10 @@ def pipeline_parameters(yaml_path: Path) -> dict[str, dict]:
     """The pipeline's declared inputs: name -> {'parameterType', 'defaultValue', ...}."""
     if not yaml_path.is_file():
         raise UsageError(f"compiled pipeline {yaml_path} not found; run `make compile`")
-    spec = yaml.safe_load(yaml_path.read_text())
+    # the PipelineSpec document; a second document is the platform spec (kfp-kubernetes: the Secret
+    # the step pods read on a cluster), which KFP's local runner ignores
+    docs = list(yaml.safe_load_all(yaml_path.read_text()))
+    spec = next((d for d in docs if isinstance(d, dict) and "root" in d), None)
     try:
         return spec["root"]["inputDefinitions"]["parameters"]
     except (KeyError, TypeError) as exc:

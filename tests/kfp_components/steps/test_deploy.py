@@ -1,4 +1,5 @@
-"""Deploy targets, apart from a real serving app or cluster (both are exercised end to end elsewhere)."""
+"""Deploy targets: argument checks and the rollout test here; deploy_target=kubernetes against the real
+`kubernetes` client and a stand-in API server in test_deploy_kubernetes.py."""
 import pytest
 from kubernetes.client import (V1Deployment, V1DeploymentSpec, V1DeploymentStatus, V1LabelSelector, V1ObjectMeta,
                                V1PodTemplateSpec)
@@ -47,6 +48,15 @@ def test_rollout_status_like_kubectl():
 
 def test_kubernetes_without_cluster_config(monkeypatch, tmp_path):
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.setenv("SERVING_ADMIN_TOKEN", "t")
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with pytest.raises(StepError, match="no in-cluster config and no kubeconfig"):
+    with pytest.raises(StepError, match="no in-cluster config .* and no kubeconfig"):
+        deploy("kubernetes", "m", "1", serving_url="http://127.0.0.1:9")
+
+
+def test_kubernetes_needs_url_and_token(monkeypatch):
+    monkeypatch.delenv("SERVING_ADMIN_TOKEN", raising=False)
+    with pytest.raises(StepError, match="deploy_target=kubernetes needs serving_url .*ml-api.mlops.svc.cluster.local"):
         deploy("kubernetes", "m", "1")
+    with pytest.raises(StepError, match="deploy_target=kubernetes needs the environment variable SERVING_ADMIN_TOKEN"):
+        deploy("kubernetes", "m", "1", serving_url="http://127.0.0.1:9")
