@@ -5,8 +5,8 @@ matching, before/after hooks, a Response object and its headers) cost about as m
 predicting and storing the row together; that CPU shows up directly as queueing in p99.
 
 What it does: for `POST /predict` with a Content-Length within the body limit it reads the body once
-and runs the same plain functions as the Flask view (serving/inputs.py, `ModelManager.sync`, which
-keeps the per-request generation check, and `predict_parsed`: predict, drift-window insert, row
+and runs the same plain functions as the Flask view (serving/inputs.py, `ModelManager.current`, and
+`predict_parsed`: predict, then the drift-window insert that also checks the served generation, row
 counter), then answers with the same bytes and headers the view would, and records the same request
 metrics. Anything else, and every request that fails on the way (invalid input, no model, an
 exception), goes to the full Flask app with the body restored, so validation messages, error JSON,
@@ -46,7 +46,7 @@ class PredictFastPath:
             check_content_type(environ.get("CONTENT_TYPE"))
             data = parse_json_object(body)
             c = self.ctx
-            active = c.manager.sync()
+            active = c.manager.current()
             if active is None:
                 raise LookupError("no model")  # the view answers 503 with the reason
             payload = json.dumps(predict_parsed(c, active, data)).encode("utf-8")

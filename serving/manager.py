@@ -1,9 +1,10 @@
 """Which model a worker serves, and how all workers agree on it. No Flask here.
 
 The shared store holds one 'served' record per model name: version, drift-window epoch and a
-generation counter. Every request starts with `sync()`, one indexed SELECT of the generation: when
-it differs from what this worker last saw, the worker reads the record and, if the version changed,
-loads that version before answering. So after `POST /model/reload` returns on one worker, the next
+generation counter. Every request checks the generation: `sync()` (one indexed SELECT) before it
+answers, or, for /predict on a settled worker, `predict_and_record()` in the same statement as its
+window insert. When it differs from what this worker last saw, the worker reads the record and, if the
+version changed, loads that version before answering. So after `POST /model/reload` returns on one worker, the next
 request on any worker is answered by the new version, and no request is dropped: the swap is one
 attribute assignment and a request keeps the `Active` object it started with.
 
@@ -78,14 +79,42 @@ class ModelManager:
         self._store_ok()
         return self.active
 
+    def current(self) -> Active | None:
+        """The model to answer with, without a store call when this worker is settled (it has a model,
+        follows the record and the store answered last time): `predict_and_record` then checks the
+        record in the same round trip as its insert. Otherwise `sync()`."""
+        if self.active is not None and not self._behind_flag and self.store_error is None:
+            return self.active
+        return self.sync()
+
+    def predict_and_record(self, active: Active, X) -> tuple[Active, list, bool]:
+        """Predict with `active`, then add the rows to its window if the served record has not moved
+        since this worker last read it (one store round trip). If it moved (a reload on another worker
+        or replica), follow it and predict again with what is served now, so the answer never comes
+        from a version older than the record at the time of the request. Returns (the Active that
+        answered, the predictions, whether the rows entered the window: not during a store outage)."""
+        for _ in range(3):
+            predictions = active.model.predict(X)
+            try:
+                if self.store.add_rows_if_current(self.name, self._seen_generation, active.epoch, X):
+                    return active, predictions, True
+            except StoreUnavailable as exc:
+                self._store_failed(exc, "window_insert")
+                return active, predictions, False
+            followed = self.sync()
+            if followed is None:
+                return active, predictions, False
+            active = followed
+        return active, predictions, False  # the record kept moving: answer, do not record
+
     def _store_ok(self) -> None:
         if self.store_error is not None:
             log.info("state store %s answers again", self.store.location)
             self.store_error = None
             self.store_error_at = None
 
-    def _store_failed(self, exc: StoreUnavailable) -> None:
-        metrics.STORE_ERRORS.labels("sync").inc()
+    def _store_failed(self, exc: StoreUnavailable, operation: str = "sync") -> None:
+        metrics.STORE_ERRORS.labels(operation).inc()
         if self.store_error is None:
             log.warning("%s; serving the loaded model meanwhile", exc)
         self.store_error = exc

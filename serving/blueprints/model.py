@@ -105,15 +105,11 @@ def predict_parsed(c, active, data: dict) -> dict:
     model error) only before the drift window insert, so the fast path can hand a failing request to
     this view unchanged, without a row entering the window twice.
     """
-    model = active.model
-    X, batch = parse_rows(data, model.n_features, c.config.max_batch)
-    predictions = model.predict(X)
-    try:
-        c.store.add_rows(active.epoch, X)
-    except StoreUnavailable as exc:  # the answer matters more than the window: log and count
-        log.warning("drift window insert failed: %s", exc)
-        metrics.STORE_ERRORS.labels("window_insert").inc()
+    X, batch = parse_rows(data, active.model.n_features, c.config.max_batch)
+    active, predictions, recorded = c.manager.predict_and_record(active, X)
+    if not recorded:  # the answer matters more than the window (store outage): count what is missing
         metrics.WINDOW_ROWS_UNRECORDED.inc(len(X))
+    model = active.model
     key = (model.version, model.backend)
     counter = _row_counters.get(key)
     if counter is None:

@@ -109,6 +109,16 @@ class WindowStore(abc.ABC):
     def reset_window(self, epoch: int) -> int:
         """Empty the window of the epoch; returns how many rows were dropped."""
 
+    def add_rows_if_current(self, model_name: str, generation: int | None, epoch: int, rows: np.ndarray) -> bool:
+        """Add the rows to the epoch's window only if the served record's generation is still
+        `generation`; True if they were added. The /predict hot path: one store round trip where a
+        backend can check and insert at once (PostgreSQL overrides this)."""
+        current = self.generation(model_name)
+        if current is None or current != generation:
+            return False
+        self.add_rows(epoch, rows)
+        return True
+
 
 class FeedbackStore(abc.ABC):
     @abc.abstractmethod
@@ -140,7 +150,8 @@ class StateStore(ServedStateStore, WindowStore, FeedbackStore):
 
 
 # The methods of the three interfaces: a backend's driver errors are translated in these only.
-INTERFACE_METHODS = ("generation", "served", "activate", "record_reload", "last_reload", "add_rows", "window",
+INTERFACE_METHODS = ("generation", "served", "activate", "record_reload", "last_reload", "add_rows",
+                     "add_rows_if_current", "window",
                      "reset_window", "add_feedback", "iter_feedback_records", "count_feedback")
 
 

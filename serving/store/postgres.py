@@ -16,7 +16,8 @@ provenance. Differences that matter in production:
   seconds, at once (a breaker): /predict keeps answering from the loaded model without waiting on
   the database. Driver errors leave as `StoreUnavailable`.
 
-One pool per process (gunicorn workers fork; a pool is never shared across a fork).
+One pool per process (gunicorn workers fork; a pool is never shared across a fork); each thread that
+uses the store holds one of its connections (`pool_size` bounds the threads).
 """
 from __future__ import annotations
 
@@ -25,12 +26,14 @@ import logging
 import os
 import threading
 import time
+import weakref
 import zlib
 from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import psycopg
 import psycopg_pool
+from psycopg import pq
 from psycopg.conninfo import make_conninfo
 
 from serving.store.base import (FeedbackProvenance, FeedbackRecord, ReloadOutcome, ServedRecord, StateStore,
@@ -52,8 +55,10 @@ _SCHEMA = (
         model_name TEXT NOT NULL,
         version TEXT NOT NULL,
         started_at DOUBLE PRECISION NOT NULL)""",
+    # one index only (every /predict inserts here): window reads, trims and resets all go by epoch;
+    # ids come from one sequence without a per-backend cache, so they follow commit order closely
     """CREATE TABLE IF NOT EXISTS window_rows (
-        id BIGSERIAL PRIMARY KEY,
+        id BIGSERIAL NOT NULL,
         epoch BIGINT NOT NULL,
         x BYTEA NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS window_rows_epoch ON window_rows (epoch, id)",
@@ -76,6 +81,23 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS feedback_model ON feedback (model_name, id)",
 )
 
+# The /predict statement: rows enter the window only while the served record is at the generation the
+# worker predicted with. One row is the hot path: a server-side prepared statement run through libpq
+# directly (psycopg.pq), which costs about half the client CPU of a cursor execute; a batch is one array.
+_INSERT_ONE_NAME = b"driftloop_insert_one_if_current"
+_INSERT_ONE_IF_CURRENT = (b"INSERT INTO window_rows (epoch, x) SELECT $1::bigint, $2::bytea FROM served "
+                          b"WHERE model_name = $3 AND generation = $4::bigint")
+_INSERT_MANY_IF_CURRENT = ("INSERT INTO window_rows (epoch, x) SELECT %s, unnest(%s::bytea[]) FROM served "
+                           "WHERE model_name = %s AND generation = %s")
+
+_INSERT_ONE_FORMATS = [0, 1, 0, 0]  # text, binary (the row's float64 bytes), text, text
+
+
+def _pq_error(result: pq.PGresult, doing: str) -> str:
+    message = (result.error_message or b"").decode("utf-8", "replace").strip()
+    return f"{doing}: {message or result.status.name}"
+
+
 # advisory lock keys (64-bit): one for schema creation, one per model name for its served record
 _SCHEMA_LOCK = 0x64726966745F7331  # "drift_s1"
 
@@ -89,7 +111,7 @@ class PostgresStore(StateStore):
     """All three stores in one PostgreSQL database (give it a database of its own)."""
 
     def __init__(self, url: str, window_size: int, prune_every: int = 256, connect_timeout: float = 2.0,
-                 retry_after: float = 2.0, pool_size: int = 2, statement_timeout_ms: int = 5000):
+                 retry_after: float = 2.0, pool_size: int = 4, statement_timeout_ms: int = 5000):
         from serving.store import redact_url  # the package's one redaction routine
 
         self.location = redact_url(url)
@@ -104,6 +126,8 @@ class PostgresStore(StateStore):
         self._pool_obj: psycopg_pool.ConnectionPool | None = None
         self._pool_pid: int | None = None
         self._pool_lock = threading.Lock()
+        self._local = threading.local()
+        self._prepared: weakref.WeakSet = weakref.WeakSet()
         self._schema_ready = False
         self._down_until = 0.0
         self._down_reason = ""
@@ -129,6 +153,7 @@ class PostgresStore(StateStore):
                 self._pool_obj.open(wait=False)
                 self._pool_pid = os.getpid()
                 self._schema_ready = False
+                self._prepared = weakref.WeakSet()  # connections that have the hot insert prepared
             return self._pool_obj
 
     def _run(self, work: Callable[[psycopg.Connection], T], retry_read: bool = False) -> T:
@@ -139,21 +164,50 @@ class PostgresStore(StateStore):
         attempts = 2 if retry_read else 1
         for attempt in range(attempts):
             try:
-                with self._pool().connection() as conn:
-                    if not self._schema_ready:
-                        self._create_schema(conn)
-                    result = work(conn)
+                conn = self._connection()
+                if not self._schema_ready:
+                    self._create_schema(conn)
+                result = work(conn)
                 self._down_until = 0.0
                 return result
             except psycopg_pool.PoolTimeout as exc:
                 self._trip(f"no connection within {self.connect_timeout:g}s ({exc})")
                 raise StoreUnavailable(self.location, self._down_reason) from exc
             except psycopg.OperationalError as exc:
+                # Hand the connection back (the pool drops it if it is broken); its idle siblings
+                # (same server restart) are likely broken too: test them so the next call gets a good one.
+                self._release()
+                self._check_idle()
                 if attempt + 1 < attempts:
-                    continue  # the pool dropped the broken connection: one more try on a fresh one
+                    continue
                 self._trip(" ".join(str(exc).split())[:300])
                 raise
         raise AssertionError("unreachable")
+
+    def _connection(self) -> psycopg.Connection:
+        """This thread's connection: checked out of the pool on first use and kept, so that a request
+        costs no pool checkout; handed back when it fails (the pool then replaces it)."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():
+            conn = self._pool().getconn()
+            local.conn, local.pid = conn, os.getpid()
+        return conn
+
+    def _release(self) -> None:
+        local = self._local
+        conn, local.conn = getattr(local, "conn", None), None
+        if conn is not None and getattr(local, "pid", None) == os.getpid():
+            try:
+                self._pool().putconn(conn)
+            except Exception:  # noqa: BLE001 - a connection the pool no longer knows: just close it
+                conn.close()
+
+    def _check_idle(self) -> None:
+        try:
+            self._pool().check()
+        except Exception:  # noqa: BLE001 - best effort; the next call reports the real error
+            log.debug("checking idle connections failed", exc_info=True)
 
     def _trip(self, reason: str) -> None:
         self._down_until = time.monotonic() + self.retry_after
@@ -167,6 +221,7 @@ class PostgresStore(StateStore):
         self._schema_ready = True
 
     def close(self) -> None:
+        self._release()
         with self._pool_lock:
             if self._pool_obj is not None and self._pool_pid == os.getpid():
                 self._pool_obj.close()
@@ -260,6 +315,35 @@ class PostgresStore(StateStore):
         if self._inserts >= self.prune_every:
             self._inserts = 0
             self.prune(epoch)
+
+    def add_rows_if_current(self, model_name: str, generation: int | None, epoch: int, rows: np.ndarray) -> bool:
+        if generation is None:
+            return False
+        rows = np.ascontiguousarray(rows, dtype=np.float64)[-self.window_size:]
+        if len(rows) == 1:
+            params = [str(epoch).encode(), rows[0].tobytes(), model_name.encode("utf-8"), str(generation).encode()]
+            added = self._run(lambda c: self._insert_one(c, params))
+        else:
+            added = self._run(lambda c: c.execute(_INSERT_MANY_IF_CURRENT, (
+                epoch, [r.tobytes() for r in rows], model_name, generation)).rowcount)
+        if added:
+            self._inserts += added
+            if self._inserts >= self.prune_every:
+                self._inserts = 0
+                self.prune(epoch)
+        return added > 0
+
+    def _insert_one(self, conn: psycopg.Connection, params: list[bytes]) -> int:
+        pgconn = conn.pgconn
+        if conn not in self._prepared:
+            result = pgconn.prepare(_INSERT_ONE_NAME, _INSERT_ONE_IF_CURRENT)
+            if result.status != pq.ExecStatus.COMMAND_OK:
+                raise psycopg.OperationalError(_pq_error(result, "preparing the window insert"))
+            self._prepared.add(conn)
+        result = pgconn.exec_prepared(_INSERT_ONE_NAME, params, param_formats=_INSERT_ONE_FORMATS)
+        if result.status != pq.ExecStatus.COMMAND_OK:
+            raise psycopg.OperationalError(_pq_error(result, "window insert"))
+        return result.command_tuples or 0
 
     def prune(self, epoch: int) -> None:
         """Drop the rows of the epoch that fell out of the window (older than the last window_size)."""

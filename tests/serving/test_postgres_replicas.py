@@ -152,9 +152,15 @@ def test_database_restart_never_fails_a_prediction_and_drift_status_recovers(rep
     assert failures == [], failures[:5]
     assert during > 20 and len(answered) > during  # predictions went on during the outage and after
     assert _metric(a, "serving_window_rows_unrecorded_total") > unrecorded_before
-    for srv in (a, b):
-        body = srv.get("/health").json()
-        assert body["status"] == "ok" and body["store"]["ok"] is True, body
+    deadline = time.monotonic() + 15  # every worker of both replicas reports the store healthy again
+    healthy = set()
+    while len(healthy) < 4 and time.monotonic() < deadline:
+        for srv in (a, b):
+            r = srv.get("/health")
+            if r.json()["status"] == "ok" and r.json()["store"]["ok"] is True:
+                healthy.add(r.headers["X-Serving-Worker"])
+        time.sleep(0.2)
+    assert len(healthy) == 4, f"workers healthy again: {sorted(healthy)}"
     # nothing stored before the outage was lost (the traffic rows came after them)
     with psycopg.connect(store_url) as conn:
         kept = conn.execute("SELECT x FROM window_rows ORDER BY id").fetchall()

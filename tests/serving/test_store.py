@@ -79,6 +79,23 @@ def test_activation_restarts_the_window_only_for_a_new_version(store_url):
     assert served.epoch_started_at >= r1.epoch_started_at
 
 
+def test_rows_enter_the_window_only_while_the_record_is_at_the_predicting_generation(store_url):
+    store = open_store(store_url, window_size=10, prune_every=3)
+    assert store.add_rows_if_current("m", None, 1, np.ones((1, 2))) is False  # no record yet
+    r1, _ = store.activate("m", "1", "a")
+    assert store.add_rows_if_current("m", r1.generation, r1.epoch, np.array([[1.0, 2.0]])) is True
+    assert store.add_rows_if_current("m", r1.generation, r1.epoch, np.array([[3.0, 4.0], [5.0, 6.0]])) is True
+    for i in range(12):  # trimmed to the window as add_rows is
+        assert store.add_rows_if_current("m", r1.generation, r1.epoch, np.array([[float(i), 0.0]]))
+    assert store.window(r1.epoch, 100).shape[0] <= 12 and store.window(r1.epoch, 10)[-1].tolist() == [11.0, 0.0]
+    r2, _ = store.activate("m", "2", "b")  # a reload elsewhere: the worker still predicts with generation 1
+    assert store.add_rows_if_current("m", r1.generation, r1.epoch, np.array([[7.0, 8.0]])) is False
+    assert store.add_rows_if_current("m", r1.generation, r2.epoch, np.array([[7.0, 8.0]] * 3)) is False
+    assert store.window(r2.epoch, 10).shape[0] == 0 and store.window(r1.epoch, 10).shape[0] == 0
+    assert store.add_rows_if_current("m", r2.generation, r2.epoch, np.array([[9.0, 9.5]])) is True
+    assert store.window(r2.epoch, 10).tolist() == [[9.0, 9.5]]
+
+
 def test_batch_larger_than_window_keeps_the_last_rows(store_url):
     store = open_store(store_url, window_size=5)
     r, _ = store.activate("m", "1", None)
