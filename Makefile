@@ -18,7 +18,7 @@ LABEL_COLUMN ?=
 FEEDBACK_URL ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install lock compile retrain run stop status test test-dag-e2e e2e bench clean-stack mlflow
+.PHONY: help install lock compile retrain run stop status test test-dag-e2e e2e bench k8s clean-stack mlflow
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -74,3 +74,6 @@ e2e: $(INSTALLED) ## prove the drift-to-new-model loop against the running stack
 
 bench: $(INSTALLED) ## benchmarks; writes bench/results/
 	$(PY) -m bench
+
+k8s: $(INSTALLED) ## render the Kubernetes deployment into build/k8s/, validate it and check the wiring
+	$(PY) -m k8s

@@ -29,6 +29,7 @@ from kfp_components.steps.errors import StepError
 DEPLOY_TARGETS = ("local", "kubernetes", "none")
 # Several workers answer /model/info: require this many consecutive reads of the new version.
 CONSECUTIVE_READS = 6
+RELOAD_RETRY_SECONDS = 2.0
 SERVING_CONTAINER = "serving"
 MODEL_ANNOTATION = "driftloop.io/model"
 RESTARTED_AT_ANNOTATION = "kubectl.kubernetes.io/restartedAt"
@@ -70,15 +71,25 @@ def reload_serving_app(serving_url: str, model_name: str, version: str, token: s
                        target: str = "local") -> str:
     require_reload_settings(target, serving_url, token)
     base = serving_url.rstrip("/")
-    try:
-        resp = requests.post(f"{base}/model/reload", headers={"Authorization": f"Bearer {token}"}, timeout=60)
-    except requests.RequestException as exc:
-        raise StepError(f"serving app at {base} is not reachable: {exc}") from exc
+    deadline = time.monotonic() + timeout
+    while True:
+        # Not reachable or 503 (not ready: e.g. pods that wait for the first champion, which the
+        # register step just set and they adopt within SERVING_LOAD_RETRY_SECONDS) is retried until
+        # the deadline; a refused token or a model the app cannot load fails at once.
+        try:
+            resp = requests.post(f"{base}/model/reload", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+            problem = None if resp.status_code != 503 else f"HTTP 503: {resp.text[:300]}"
+        except requests.RequestException as exc:
+            resp, problem = None, f"not reachable: {exc}"
+        if problem is None or time.monotonic() >= deadline:
+            break
+        time.sleep(RELOAD_RETRY_SECONDS)
+    if resp is None:
+        raise StepError(f"serving app at {base} is {problem} (for {timeout:.0f}s)")
     if resp.status_code in (401, 403):
         raise StepError(f"serving app at {base} refused the admin token (HTTP {resp.status_code}); check SERVING_ADMIN_TOKEN")
     if resp.status_code != 200:
         raise StepError(f"serving app at {base} could not reload: HTTP {resp.status_code}: {resp.text[:300]}")
-    deadline = time.monotonic() + timeout
     seen, consecutive = None, 0
     while time.monotonic() < deadline:
         try:
