@@ -17,6 +17,8 @@ from k8s.render import RenderError, Sources, ensure_kfp_tree, render_part
 from k8s.validate import VERSIONS, validate_parts
 from tests.k8s.helpers import write_values
 
+pytestmark = pytest.mark.k8s
+
 REPO = paths.REPO
 VALUES = REPO / "helm-values"
 

@@ -9,6 +9,8 @@ import pytest
 
 from k8s import tools
 
+pytestmark = pytest.mark.k8s
+
 
 @pytest.fixture(scope="module")
 def binaries():

@@ -10,6 +10,8 @@ from k8s import paths
 from k8s.wiring import ALLOWED_SECRETS, EXEMPT, connection_url, default_values_files, run_checks, scan_values
 from tests.k8s.helpers import check, rerender, write_values
 
+pytestmark = pytest.mark.k8s
+
 VALUES = paths.REPO / "helm-values"
 CHECKS = ("urls", "deploy", "images", "rbac", "secrets", "containers")
 

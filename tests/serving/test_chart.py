@@ -18,6 +18,8 @@ import yaml
 
 from serving.config import ServingConfig
 
+pytestmark = pytest.mark.k8s
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "serving" / "chart"
 SYSTEM_VALUES = REPO / "helm-values" / "serving.yaml"

@@ -20,6 +20,7 @@ from tests.serving.conftest import ADMIN_TOKEN, shifted_iris, start_gunicorn, st
 from tests.serving.pipeline_like import iris_frame, log_like_pipeline
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture(scope="module")
