@@ -149,6 +149,18 @@ class StateStore(ServedStateStore, WindowStore, FeedbackStore):
         """Release connections held by this process (optional)."""
 
 
+def activation_change(current_version: str | None, version: str, if_absent: bool) -> str:
+    """What `activate` does, given the served record's current version (None: no record): "keep"
+    (if_absent and there is a record), "run_id" (same version: only its run id is updated) or
+    "new_epoch" (a new version: new epoch, generation + 1, the old windows dropped). The one rule of
+    every backend; each runs it inside its own lock and transaction."""
+    if current_version is not None and if_absent:
+        return "keep"
+    if current_version is not None and current_version == str(version):
+        return "run_id"
+    return "new_epoch"
+
+
 # The methods of the three interfaces: a backend's driver errors are translated in these only.
 INTERFACE_METHODS = ("generation", "served", "activate", "record_reload", "last_reload", "add_rows",
                      "add_rows_if_current", "window",

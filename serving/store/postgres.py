@@ -37,7 +37,7 @@ from psycopg import pq
 from psycopg.conninfo import make_conninfo
 
 from serving.store.base import (FeedbackProvenance, FeedbackRecord, ReloadOutcome, ServedRecord, StateStore,
-                                StoreUnavailable, translate_errors)
+                                StoreUnavailable, activation_change, translate_errors)
 
 log = logging.getLogger("serving.store")
 T = TypeVar("T")
@@ -254,12 +254,10 @@ class PostgresStore(StateStore):
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_model_lock(model_name),))
                 row = conn.execute("SELECT version, epoch, generation FROM served WHERE model_name = %s",
                                    (model_name,)).fetchone()
-                if row is not None and if_absent:
-                    started = False
-                elif row is not None and row[0] == str(version):
+                change = activation_change(None if row is None else row[0], version, if_absent)
+                if change == "run_id":
                     conn.execute("UPDATE served SET run_id = %s WHERE model_name = %s", (run_id, model_name))
-                    started = False
-                else:
+                if change == "new_epoch":
                     epoch = conn.execute("INSERT INTO epochs (model_name, version, started_at) VALUES (%s, %s, %s) "
                                          "RETURNING id", (model_name, str(version), now)).fetchone()[0]
                     generation = (int(row[2]) + 1) if row is not None else 1
@@ -272,7 +270,7 @@ class PostgresStore(StateStore):
                     # the old windows of this model name are of no further use
                     conn.execute("DELETE FROM window_rows WHERE epoch IN "
                                  "(SELECT id FROM epochs WHERE model_name = %s AND id <> %s)", (model_name, epoch))
-                    started = True
+                started = change == "new_epoch"
                 record = self._served(conn, model_name)
             assert record is not None
             return record, started

@@ -15,7 +15,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from serving.store.base import FeedbackProvenance, FeedbackRecord, ReloadOutcome, ServedRecord, StateStore, translate_errors
+from serving.store.base import (FeedbackProvenance, FeedbackRecord, ReloadOutcome, ServedRecord, StateStore,
+                                activation_change, translate_errors)
 
 
 _SCHEMA = """
@@ -201,12 +202,10 @@ class SQLiteStore(StateStore):
         try:
             row = conn.execute("SELECT version, epoch, generation FROM served WHERE model_name = ?",
                                (model_name,)).fetchone()
-            if row is not None and if_absent:
-                started = False
-            elif row is not None and row[0] == str(version):
+            change = activation_change(None if row is None else row[0], version, if_absent)
+            if change == "run_id":
                 conn.execute("UPDATE served SET run_id = ? WHERE model_name = ?", (run_id, model_name))
-                started = False
-            else:
+            if change == "new_epoch":
                 epoch = conn.execute("INSERT INTO epochs (model_name, version, started_at) VALUES (?, ?, ?)",
                                      (model_name, str(version), now)).lastrowid
                 generation = (row[2] + 1) if row is not None else 1
@@ -220,7 +219,7 @@ class SQLiteStore(StateStore):
                 # the old windows of this model name are of no further use
                 conn.execute("DELETE FROM window_rows WHERE epoch IN "
                              "(SELECT id FROM epochs WHERE model_name = ? AND id <> ?)", (model_name, epoch))
-                started = True
+            started = change == "new_epoch"
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
