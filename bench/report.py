@@ -23,7 +23,7 @@ def markdown(r: dict) -> str:
         pg_ratio = postgres_vs_sqlite(serving)
         if pg_ratio is not None:
             out += ["", f"PostgreSQL store (local server, one window for all replicas) vs SQLite store: "
-                        f"{pg_ratio:.0%} of the throughput (goal ≥ 80 %)."]
+                        f"{pg_ratio:.1%} of the throughput (goal ≥ 80 %)."]
         out.append("")
     if r.get("drift_quality"):
         out += ["### Drift detection (windows of 100 rows; reference = the champion's training split)", "",

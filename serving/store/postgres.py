@@ -17,7 +17,8 @@ provenance. Differences that matter in production:
   the database. Driver errors leave as `StoreUnavailable`.
 
 One pool per process (gunicorn workers fork; a pool is never shared across a fork); each thread that
-uses the store holds one of its connections (`pool_size` bounds the threads).
+uses the store holds one of its connections, opened on first use (a sync gunicorn worker: one;
+`pool_size`, 16, bounds the threads of a gthread worker).
 """
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ class PostgresStore(StateStore):
     """All three stores in one PostgreSQL database (give it a database of its own)."""
 
     def __init__(self, url: str, window_size: int, prune_every: int = 256, connect_timeout: float = 2.0,
-                 retry_after: float = 2.0, pool_size: int = 4, statement_timeout_ms: int = 5000):
+                 retry_after: float = 2.0, pool_size: int = 16, lock_timeout_ms: int = 5000):
         from serving.store import redact_url  # the package's one redaction routine
 
         self.location = redact_url(url)
@@ -122,7 +123,9 @@ class PostgresStore(StateStore):
         self.pool_size = max(1, int(pool_size))
         self._conninfo = make_conninfo(
             url, connect_timeout=max(1, int(round(connect_timeout))), application_name="driftloop-serving",
-            options=f"-c synchronous_commit=off -c statement_timeout={int(statement_timeout_ms)}")
+            # lock_timeout, not statement_timeout: a statement that waits on a lock (e.g. DDL by
+            # hand) fails instead of holding the worker, and no timer is armed per statement
+            options=f"-c synchronous_commit=off -c lock_timeout={int(lock_timeout_ms)}")
         self._pool_obj: psycopg_pool.ConnectionPool | None = None
         self._pool_pid: int | None = None
         self._pool_lock = threading.Lock()
