@@ -6,7 +6,7 @@ import logging
 from flask import Blueprint, request
 
 from serving import metrics
-from serving.http import ApiError, ctx, iso_utc, json_response, require_admin, require_model
+from serving.http import ctx, iso_utc, json_response, require_admin, require_model
 from serving.inputs import check_content_type, parse_json_object, parse_rows
 from serving.model import ModelLoadError
 from serving.store import StoreUnavailable

@@ -20,6 +20,8 @@ from __future__ import annotations
 import abc
 import functools
 import inspect
+import json
+import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -147,6 +149,36 @@ class StateStore(ServedStateStore, WindowStore, FeedbackStore):
 
     def close(self) -> None:
         """Release connections held by this process (optional)."""
+
+
+# How rows are stored, the same in every backend: a window row is its float64 bytes; a feedback
+# row's features and label are JSON text.
+FEEDBACK_COLUMNS = "features, label, model_version, created_at, credential, client_addr, source"
+
+
+def window_array(blobs_newest_first: Sequence) -> np.ndarray:
+    """(n, k) float64, oldest first, from query rows `(x,)` read newest first."""
+    if not blobs_newest_first:
+        return np.empty((0, 0), dtype=np.float64)
+    data = np.frombuffer(b"".join(bytes(b[0]) for b in reversed(blobs_newest_first)), dtype=np.float64)
+    return data.reshape(len(blobs_newest_first), -1)
+
+
+def feedback_params(model_name: str, model_version: str | None, rows: np.ndarray, labels: Sequence[int | str],
+                    provenance: FeedbackProvenance | None) -> list[tuple]:
+    """Insert parameters in the order of (model_name, model_version, created_at, FEEDBACK columns
+    features.. source), one tuple per row."""
+    now = time.time()
+    p = provenance or FeedbackProvenance()
+    return [(model_name, model_version, now, json.dumps([float(v) for v in row]), json.dumps(label),
+             p.credential, p.client_addr, p.source)
+            for row, label in zip(np.asarray(rows, dtype=np.float64), labels)]
+
+
+def feedback_record(row: Sequence) -> FeedbackRecord:
+    """A FeedbackRecord from a query row of FEEDBACK_COLUMNS."""
+    features, label, version, created_at, credential, client_addr, source = row
+    return FeedbackRecord(json.loads(features), json.loads(label), version, created_at, credential, client_addr, source)
 
 
 def activation_change(current_version: str | None, version: str, if_absent: bool) -> str:

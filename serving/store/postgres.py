@@ -22,7 +22,6 @@ uses the store holds one of its connections, opened on first use (a sync gunicor
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -37,8 +36,9 @@ import psycopg_pool
 from psycopg import pq
 from psycopg.conninfo import make_conninfo
 
-from serving.store.base import (FeedbackProvenance, FeedbackRecord, ReloadOutcome, ServedRecord, StateStore,
-                                StoreUnavailable, activation_change, translate_errors)
+from serving.store.base import (FEEDBACK_COLUMNS, FeedbackProvenance, FeedbackRecord, ReloadOutcome,
+                                ServedRecord, StateStore, StoreUnavailable, activation_change, feedback_params,
+                                feedback_record, translate_errors, window_array)
 
 log = logging.getLogger("serving.store")
 T = TypeVar("T")
@@ -355,10 +355,7 @@ class PostgresStore(StateStore):
     def window(self, epoch: int, size: int) -> np.ndarray:
         blobs = self._run(lambda c: c.execute("SELECT x FROM window_rows WHERE epoch = %s ORDER BY id DESC LIMIT %s",
                                               (epoch, int(size))).fetchall(), retry_read=True)
-        if not blobs:
-            return np.empty((0, 0), dtype=np.float64)
-        data = np.frombuffer(b"".join(bytes(b[0]) for b in reversed(blobs)), dtype=np.float64)
-        return data.reshape(len(blobs), -1)
+        return window_array(blobs)
 
     def reset_window(self, epoch: int) -> int:
         return self._run(lambda c: c.execute("DELETE FROM window_rows WHERE epoch = %s", (epoch,)).rowcount)
@@ -366,11 +363,7 @@ class PostgresStore(StateStore):
     # -- feedback ----------------------------------------------------------------------------------
     def add_feedback(self, model_name: str, model_version: str | None, rows: np.ndarray,
                      labels: Sequence[int | str], provenance: FeedbackProvenance | None = None) -> int:
-        now = time.time()
-        p = provenance or FeedbackProvenance()
-        params = [(model_name, model_version, now, json.dumps([float(v) for v in row]), json.dumps(label),
-                   p.credential, p.client_addr, p.source)
-                  for row, label in zip(np.asarray(rows, dtype=np.float64), labels)]
+        params = feedback_params(model_name, model_version, rows, labels, provenance)
 
         def work(conn: psycopg.Connection) -> None:
             with conn.transaction(), conn.cursor() as cur:
@@ -383,11 +376,10 @@ class PostgresStore(StateStore):
 
     def iter_feedback_records(self, model_name: str) -> Iterator[FeedbackRecord]:
         rows = self._run(lambda c: c.execute(
-            "SELECT features, label, model_version, created_at, credential, client_addr, source "
-            "FROM feedback WHERE model_name = %s ORDER BY id", (model_name,)).fetchall(), retry_read=True)
-        for features, label, version, created_at, credential, client_addr, source in rows:
-            yield FeedbackRecord(json.loads(features), json.loads(label), version, created_at,
-                                 credential, client_addr, source)
+            f"SELECT {FEEDBACK_COLUMNS} FROM feedback WHERE model_name = %s ORDER BY id", (model_name,)).fetchall(),
+            retry_read=True)
+        for row in rows:
+            yield feedback_record(row)
 
     def count_feedback(self, model_name: str) -> int:
         return int(self._run(lambda c: c.execute("SELECT COUNT(*) FROM feedback WHERE model_name = %s",

@@ -5,7 +5,6 @@ are added, no row is lost). Driver errors leave as `StoreUnavailable` (serving/s
 """
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -15,8 +14,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from serving.store.base import (FeedbackProvenance, FeedbackRecord, ReloadOutcome, ServedRecord, StateStore,
-                                activation_change, translate_errors)
+from serving.store.base import (FEEDBACK_COLUMNS, FeedbackProvenance, FeedbackRecord, ReloadOutcome,
+                                ServedRecord, StateStore, activation_change, feedback_params,
+                                feedback_record, translate_errors, window_array)
 
 
 _SCHEMA = """
@@ -274,10 +274,7 @@ class SQLiteStore(StateStore):
     def window(self, epoch: int, size: int) -> np.ndarray:
         blobs = self.conn.execute("SELECT x FROM window_rows WHERE epoch = ? ORDER BY id DESC LIMIT ?",
                                   (epoch, int(size))).fetchall()
-        if not blobs:
-            return np.empty((0, 0), dtype=np.float64)
-        data = np.frombuffer(b"".join(b[0] for b in reversed(blobs)), dtype=np.float64)
-        return data.reshape(len(blobs), -1)
+        return window_array(blobs)
 
     def reset_window(self, epoch: int) -> int:
         return self.conn.execute("DELETE FROM window_rows WHERE epoch = ?", (epoch,)).rowcount
@@ -285,11 +282,7 @@ class SQLiteStore(StateStore):
     # -- feedback ------------------------------------------------------------------------------
     def add_feedback(self, model_name: str, model_version: str | None, rows: np.ndarray,
                      labels: Sequence[int | str], provenance: FeedbackProvenance | None = None) -> int:
-        now = time.time()
-        p = provenance or FeedbackProvenance()
-        params = [(model_name, model_version, now, json.dumps([float(v) for v in row]), json.dumps(label),
-                   p.credential, p.client_addr, p.source)
-                  for row, label in zip(np.asarray(rows, dtype=np.float64), labels)]
+        params = feedback_params(model_name, model_version, rows, labels, provenance)
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -303,11 +296,9 @@ class SQLiteStore(StateStore):
 
     def iter_feedback_records(self, model_name: str) -> Iterator[FeedbackRecord]:
         cursor = self.conn.execute(
-            "SELECT features, label, model_version, created_at, credential, client_addr, source "
-            "FROM feedback WHERE model_name = ? ORDER BY id", (model_name,))
-        for features, label, version, created_at, credential, client_addr, source in cursor:
-            yield FeedbackRecord(json.loads(features), json.loads(label), version, created_at,
-                                 credential, client_addr, source)
+            f"SELECT {FEEDBACK_COLUMNS} FROM feedback WHERE model_name = ? ORDER BY id", (model_name,))
+        for row in cursor:
+            yield feedback_record(row)
 
     def count_feedback(self, model_name: str) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM feedback WHERE model_name = ?", (model_name,)).fetchone()[0]
