@@ -48,6 +48,8 @@ def main(argv=None) -> int:
             results["import_cost_s"] = {m: loop.import_cost(m) for m in ("kfp", "mlflow", "skops.io", "sklearn.ensemble")}
             print("==> serving under load", flush=True)
             results["serving"] = serving_bench.bench_serving(mlflow_uri, MODEL, state, duration_s=args.duration)
+            print("==> serving under faults: 64 connections, slow clients", flush=True)
+            results["serving_faults"] = serving_bench.bench_faults(mlflow_uri, MODEL, state, duration_s=args.duration)
             print("==> drift detection quality", flush=True)
             results["drift_quality"] = drift.detection_quality(windows=args.windows)
             print("==> /drift/status latency by window size", flush=True)

@@ -25,6 +25,33 @@ def markdown(r: dict) -> str:
             out += ["", f"PostgreSQL store (local server, one window for all replicas) vs SQLite store: "
                         f"{pg_ratio:.1%} of the throughput (goal ≥ 80 %)."]
         out.append("")
+    faults = r.get("serving_faults") or {}
+    if faults.get("load"):
+        first = faults["load"][0]
+        out += [f"### Load: {first['connections']} connections, {first['workers']} workers, "
+                f"{first['duration_s']} s (driftloop /predict, SQLite store)", "",
+                "| worker | req/s | p50 ms | p99 ms | errors | answered | recorded in the window |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        out += [f"| {row['name'].split(', ', 1)[-1]} | {row['requests_per_s']:.0f} | {row['p50_ms']:.2f} | "
+                f"{row['p99_ms']:.2f} | {row['errors']} | {row['answered']:,} | {row['recorded']:,} |"
+                for row in faults["load"]]
+        lost = [row for row in faults["load"] if row["recorded"] < row["answered"]]
+        extra = " and ".join(str(r["recorded"] - r["answered"]) for r in faults["load"])
+        out += ["", "Every answered prediction recorded: " + (
+            f"yes; recorded − answered = {extra}: requests still in flight when wrk stopped counting "
+            f"(at most one per connection)." if not lost else
+            "NO: " + ", ".join(f"{r['name']}: {r['answered'] - r['recorded']} missing" for r in lost)), ""]
+    if faults.get("slow_clients"):
+        first = faults["slow_clients"][0]
+        out += [f"### `/health` under {first['slow_connections']} slow connections (headers a byte every 0.5 s, "
+                f"{first['duration_s']} s; a probe counts when answered 200 within 2 s; goal 100 %)", "",
+                "| worker | probes | answered 200 | success | slow connections cut by the server |",
+                "| --- | ---: | ---: | ---: | --- |"]
+        for row in faults["slow_clients"]:
+            cut = ", ".join(f"{n} × {status}" for status, n in sorted(row["slow_answers"].items())) or "none"
+            out.append(f"| {row['name'].split(', ', 1)[-1]} | {row['probes']} | {row['ok']} | "
+                       f"{row['success_rate']:.0%} | {cut} |")
+        out.append("")
     if r.get("drift_quality"):
         out += ["### Drift detection (windows of 100 rows; reference = the champion's training split)", "",
                 "| scenario | detector | windows | drift rate | ms per check |", "| --- | --- | ---: | ---: | ---: |"]

@@ -24,6 +24,7 @@ from serving.fastpath import PredictFastPath
 from serving.http import ServingContext, endpoint_label, register_error_handlers
 from serving.manager import ModelManager
 from serving.model import MlflowModelLoader
+from serving.model_cache import ModelCopies
 from serving.store import open_store
 
 log = logging.getLogger("serving")
@@ -36,7 +37,8 @@ def create_app(config: ServingConfig | Mapping[str, Any] | None = None) -> Flask
     app.config["SERVING"] = cfg
 
     store = open_store(cfg.resolved_store_url, cfg.drift_window_size)
-    loader = MlflowModelLoader(cfg.mlflow_tracking_uri, cfg.model_name, cfg.model_alias, cfg.predict_backend)
+    copies = ModelCopies(cfg.model_copy_dir or os.path.join(cfg.state_dir, "models"))
+    loader = MlflowModelLoader(cfg.mlflow_tracking_uri, cfg.model_name, cfg.model_alias, cfg.predict_backend, copies)
     manager = ModelManager(store, loader, retry_seconds=cfg.load_retry_seconds)
     app.extensions["serving"] = ServingContext(cfg, store, manager)
 

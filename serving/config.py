@@ -54,10 +54,17 @@ class ServingConfig:
     # input limits
     max_batch: int = field(default=1000, metadata={"env": "SERVING_MAX_BATCH"})
     max_body_bytes: int = field(default=1_048_576, metadata={"env": "SERVING_MAX_BODY_BYTES"})
+    # slow clients (serving/worker.py): seconds from accept to the end of the request headers, and from
+    # there to the end of the body; a later request is answered 408 without reaching the app
+    header_timeout_seconds: float = field(default=10.0, metadata={"env": "SERVING_HEADER_TIMEOUT_SECONDS"})
+    body_timeout_seconds: float = field(default=10.0, metadata={"env": "SERVING_BODY_TIMEOUT_SECONDS"})
     # retries of a failed start-up load (seconds between attempts; 0 = no background retry)
     load_retry_seconds: float = field(default=15.0, metadata={"env": "SERVING_LOAD_RETRY_SECONDS"})
     # how often a worker re-reads the shared 'served version' record even without a change signal
     sync_interval_seconds: float = field(default=0.0, metadata={"env": "SERVING_SYNC_INTERVAL_SECONDS"})
+    # local copies of the model versions loaded from MLflow, served when MLflow cannot be reached
+    # ("" = <state_dir>/models; serving/model_cache.py)
+    model_copy_dir: str = field(default="", metadata={"env": "SERVING_MODEL_COPY_DIR"})
     # (no setting makes the app follow the registry alias by itself: only POST /model/reload moves
     # the served version, see serving/manager.py)
 
@@ -128,6 +135,8 @@ class ServingConfig:
             raise ConfigError("SERVING_MAX_BATCH must be >= 1")
         if self.max_body_bytes < 64:
             raise ConfigError("SERVING_MAX_BODY_BYTES must be >= 64")
+        if not (self.header_timeout_seconds > 0 and self.body_timeout_seconds > 0):
+            raise ConfigError("SERVING_HEADER_TIMEOUT_SECONDS and SERVING_BODY_TIMEOUT_SECONDS must be > 0")
         try:
             check_store_url(self.resolved_store_url)
         except ValueError as exc:

@@ -4,7 +4,10 @@
 
 Environment (all optional):
     GUNICORN_BIND / SERVING_HOST + SERVING_PORT   where to listen (default 127.0.0.1:8000)
-    GUNICORN_WORKERS (default 2), GUNICORN_WORKER_CLASS (default sync), GUNICORN_THREADS (default 1)
+    GUNICORN_WORKERS (default 2), GUNICORN_THREADS (default 1)
+    GUNICORN_WORKER_CLASS (default serving.worker.BufferingSyncWorker: the sync worker reading each
+        request in full, with header and body read timeouts, before the app sees it; `sync` = gunicorn's;
+        with GUNICORN_THREADS > 1 gunicorn runs its gthread worker instead, without those timeouts)
     GUNICORN_TIMEOUT (30 s), GUNICORN_GRACEFUL_TIMEOUT (30 s), GUNICORN_KEEPALIVE (5 s)
     GUNICORN_MAX_REQUESTS (0 = never recycle workers), GUNICORN_ACCESSLOG (unset = no access log)
     PROMETHEUS_MULTIPROC_DIR   metrics files of all workers (default <SERVING_STATE_DIR>/prometheus)
@@ -38,7 +41,7 @@ else:
     bind = [f"{_env('SERVING_HOST', '127.0.0.1')}:{_env('SERVING_PORT', '8000')}"]
 
 workers = int(_env("GUNICORN_WORKERS", _env("SERVING_WORKERS", "2")))
-worker_class = _env("GUNICORN_WORKER_CLASS", "sync")
+worker_class = _env("GUNICORN_WORKER_CLASS", "serving.worker.BufferingSyncWorker")
 threads = int(_env("GUNICORN_THREADS", "1"))
 timeout = int(_env("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = int(_env("GUNICORN_GRACEFUL_TIMEOUT", "30"))
@@ -59,17 +62,34 @@ if not control_socket_disable:
 
 
 def on_starting(server):
-    """Master start: a clean metrics directory (stale files of a previous run would be summed in)."""
+    """Master start: the state file is checked first (a damaged one stops gunicorn here, before it
+    binds the port: one message and exit 1 within a second, not a boot failure per worker), then a
+    clean metrics directory (stale files of a previous run would be summed in), then the preload."""
+    try:
+        from serving.config import ServingConfig
+        from serving.store import SQLITE_PREFIX, StateFileError
+        from serving.store.sqlite import check_state_file
+
+        url = ServingConfig.from_env().resolved_store_url
+        if url.startswith(SQLITE_PREFIX):
+            check_state_file(url[len(SQLITE_PREFIX):])
+    except StateFileError as exc:
+        server.log.error("Cannot start serving: %s", exc)
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - e.g. a config error: each worker reports it when it boots
+        server.log.warning("serving: start-up check of the state store skipped: %s", exc)
     path = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
-    # preload the libraries the workers need (see above)
+    # Preload the libraries the workers need (see above), but nothing native that does not survive a
+    # fork: onnxruntime imported here makes every worker hang in its exit handlers (a worker that
+    # fails to boot never exits, gunicorn keeps the port without a working worker). Each worker
+    # imports it itself (~0.1 s) when it builds its ONNX session. Checked by tests/serving/test_state_file.py.
     try:
         import mlflow.artifacts  # noqa: F401
         import mlflow.sklearn  # noqa: F401
         import mlflow.tracking  # noqa: F401
-        import onnxruntime  # noqa: F401
         import pandas  # noqa: F401
         import scipy.stats  # noqa: F401
 

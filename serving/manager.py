@@ -11,6 +11,14 @@ attribute assignment and a request keeps the `Active` object it started with.
 If a load fails the worker keeps the model it has, remembers the error (shown by /health and
 /model/info) and retries at most every `retry_seconds`, also when it has no model at all yet.
 
+MLflow down: a worker that (re)starts or follows the record meanwhile serves the recorded version
+from its verified local copy (serving/model_cache.py); /health says so ("degraded"). What waits for
+MLflow (a model from a local copy, a reload that failed) is looked at again by one background thread
+per worker, at most every `retry_seconds` and never inside a request: the model is reloaded from the
+registry once it answers, and a failed reload is settled once the alias points at the served version
+again, so /health returns to "ok" without an admin call. If the alias points elsewhere it stays
+"degraded" and says what to do: the copy never moves the served version, nor does the watcher.
+
 The registry decides nothing by itself: a starting or restarting worker serves the version in the
 served record, whatever the registry alias points to now. Only `reload()` (the authenticated
 `POST /model/reload`, called by the pipeline's deploy step or an admin) moves the record to the alias
@@ -23,12 +31,13 @@ and an admin reload is the way to another version.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
 
 from serving import metrics
-from serving.model import LoadedModel, MlflowModelLoader, ModelLoadError
+from serving.model import REGISTRY, LoadedModel, MlflowModelLoader, ModelLoadError
 from serving.store import ReloadOutcome, ServedRecord, StateStore, StoreUnavailable
 
 log = logging.getLogger("serving.manager")
@@ -56,6 +65,13 @@ class ModelManager:
         self._lock = threading.RLock()
         self.store_error: StoreUnavailable | None = None  # the last failure to read the served record
         self.store_error_at: float | None = None
+        # what the registry watcher (below) last found, for /health; None when nothing waits for MLflow
+        self.registry_note: str | None = None
+        self.registry_check_seconds = max(float(retry_seconds), 1.0)
+        self._next_registry_check = 0.0
+        self._watcher: threading.Thread | None = None
+        self._watcher_pid: int | None = None
+        self._watch_lock = threading.Lock()
 
     # -- per request -----------------------------------------------------------------------------
     def sync(self) -> Active | None:
@@ -152,6 +168,7 @@ class ModelManager:
         self._behind_flag = False
         self._clear_error()
         log.info("worker follows %s version %s (epoch %s)", self.name, record.version, record.epoch)
+        self.watch_registry()
 
     # -- start-up --------------------------------------------------------------------------------
     def startup(self) -> None:
@@ -164,6 +181,7 @@ class ModelManager:
                 return
             self._seen_generation = record.generation
             self._try(lambda: self._activate_recorded(record))
+        self.watch_registry()
 
     def _load_recorded(self, record: ServedRecord) -> LoadedModel:
         try:
@@ -224,10 +242,10 @@ class ModelManager:
             previous = self.active
             try:
                 version, run_id = self.loader.resolve()
-                if previous is not None and previous.model.version == version:
+                if previous is not None and previous.model.version == version and previous.model.source == REGISTRY:
                     model = previous.model
-                else:
-                    model = self.loader.load(version)
+                else:  # never a local copy: a reload is a decision taken against the registry
+                    model = self.loader.load_from_registry(version)
             except ModelLoadError as exc:
                 self.store.record_reload(self.name, False, exc.version, exc.message)
                 raise
@@ -249,6 +267,99 @@ class ModelManager:
             "window_restarted": restarted,
             "generation": record.generation,
         }
+
+    # -- back to the registry after an MLflow outage -----------------------------------------------
+    def watch_registry(self, reload_failed: bool = False) -> None:
+        """Start the background check if something waits for MLflow: the model came from a local copy,
+        or (as the caller read it from the store) the last reload failed. Returns at once."""
+        active = self.active
+        if not reload_failed and (active is None or active.model.source == REGISTRY):
+            return
+        with self._watch_lock:
+            watcher = self._watcher
+            if watcher is not None and watcher.is_alive() and self._watcher_pid == os.getpid():
+                return
+            self._watcher = threading.Thread(target=self._watch, name="registry-watch", daemon=True)
+            self._watcher_pid = os.getpid()
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        while True:
+            wait = self._next_registry_check - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self._next_registry_check = time.monotonic() + self.registry_check_seconds
+            try:
+                pending = self.check_registry()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any surprise; next round retries
+                log.exception("registry check failed")
+                pending = True
+            if not pending:
+                return
+
+    def check_registry(self) -> bool:
+        """One look at MLflow for what waits on it; True while something still does. Slow MLflow calls
+        happen here, outside the manager's lock and outside any request."""
+        notes: list[str] = []
+        active = self.active
+        pending = False
+        if active is not None and active.model.source != REGISTRY:
+            version = active.model.version
+            try:
+                model = self.loader.load_from_registry(version)
+            except ModelLoadError as exc:
+                pending = True
+                if exc.kind != "unavailable":
+                    notes.append(f"MLflow answers but version {version} cannot be loaded from it ({exc.message}); "
+                                 "the local copy keeps serving")
+            else:
+                with self._lock:
+                    current = self.active
+                    if current is not None and current.model.version == version and current.model.source != REGISTRY:
+                        self.active = Active(model, current.epoch, current.epoch_started_at)
+                        log.info("MLflow answers again: %s version %s is loaded from the registry, no longer from "
+                                 "its local copy", self.name, version)
+        try:
+            last = self.store.last_reload(self.name)
+            if last is not None and not last.ok:
+                still, note = self._settle_failed_reload(last)
+                pending = pending or still
+                if note:
+                    notes.append(note)
+        except StoreUnavailable:
+            pending = True
+        self.registry_note = "; ".join(notes) or None
+        return pending
+
+    def _settle_failed_reload(self, last: ReloadOutcome) -> tuple[bool, str | None]:
+        """A failed reload keeps /health "degraded". Once the registry answers and its alias points at
+        the served version there is nothing left to do: the outcome is marked settled (ok, with a
+        message saying why). If the alias points elsewhere, say what to do."""
+        alias = self.loader.alias
+        try:
+            target, _run_id = self.loader.resolve()
+        except ModelLoadError as exc:
+            if exc.kind == "unavailable":
+                return True, (f"MLflow is still unreachable (checked every {self.registry_check_seconds:g} s); "
+                              f"this clears by itself once it answers and alias '{alias}' still points at the "
+                              "served version")
+            return True, (f"the registry alias '{alias}' points at no version ({exc.message}): set it and "
+                          "POST /model/reload (admin)")
+        served = self.store.served(self.name)
+        if served is None:
+            return False, None  # nothing is served yet: the worker retries the alias target itself
+        if served.version != target:
+            return True, (f"the registry alias '{alias}' points at version {target} while version {served.version} "
+                          f"is served: POST /model/reload (admin) to serve version {target}, or point the alias back "
+                          f"at version {served.version}")
+        failed_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last.at))
+        message = (f"settled without a reload: the reload at {failed_at} "
+                   f"failed ({(last.message or '')[:300]}); MLflow answers again and alias '{alias}' still points at "
+                   f"the served version {served.version}")
+        if self.store.clear_failed_reload(self.name, last.at, served.version, message):
+            log.info("the failed reload is settled: alias '%s' still points at the served version %s", alias,
+                     served.version)
+        return False, None
 
     # -- status ------------------------------------------------------------------------------------
     def last_reload(self) -> ReloadOutcome | None:

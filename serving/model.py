@@ -7,10 +7,15 @@ its predictions equal the sklearn model's, `onnx/model.onnx` with the run tag `o
 The fast path runs the ONNX artifact with onnxruntime on one intra-op thread (a one-row forest
 prediction costs microseconds instead of milliseconds with sklearn); without a verified ONNX
 artifact the sklearn model is loaded through `mlflow.sklearn`.
+
+The registry is the source of truth whenever it answers: every load asks MLflow first. Each version
+loaded from MLflow is also kept as a local copy (serving/model_cache.py); only when MLflow cannot be
+reached is the requested version rebuilt from its verified copy (`LoadedModel.source` says which).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -20,8 +25,14 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from serving.model_cache import CopyFiles, CopyUnusable, ModelCopies, VerifiedCopy
+
+log = logging.getLogger("serving.model")
+
 REFERENCE_ARTIFACT = "drift/reference.csv"
 ONNX_ARTIFACT = "onnx/model.onnx"
+REGISTRY = "registry"
+LOCAL_COPY = "local copy"
 
 
 class ModelLoadError(RuntimeError):
@@ -106,6 +117,8 @@ class LoadedModel:
     predictor: Predictor = field(repr=False)
     loaded_at: str = ""
     backend_note: str | None = None
+    source: str = REGISTRY  # REGISTRY, or LOCAL_COPY when MLflow was unreachable
+    copy_saved_at: str | None = None  # when the local copy it came from was written
 
     @property
     def n_features(self) -> int:
@@ -139,13 +152,17 @@ def _classify(exc: BaseException, what: str, version: str | None = None) -> Mode
 
 
 class MlflowModelLoader:
-    """Resolves `models:/<name>@<alias>` and loads a version with its feature names and reference."""
+    """Resolves `models:/<name>@<alias>` and loads a version with its feature names and reference;
+    with `copies`, keeps a local copy of each version it loads and falls back to it when MLflow
+    cannot be reached."""
 
-    def __init__(self, tracking_uri: str, model_name: str, alias: str = "champion", backend: str = "auto"):
+    def __init__(self, tracking_uri: str, model_name: str, alias: str = "champion", backend: str = "auto",
+                 copies: ModelCopies | None = None):
         self.tracking_uri = tracking_uri
         self.model_name = model_name
         self.alias = alias
         self.backend = backend.lower()
+        self.copies = copies
         self._client = None
 
     @property
@@ -172,7 +189,31 @@ class MlflowModelLoader:
         return str(mv.version), run_id
 
     def load(self, version: str | None = None) -> LoadedModel:
-        """Load `version` (the alias's version when None). Raises ModelLoadError."""
+        """Load `version` (the alias's version when None) from MLflow; when MLflow cannot be reached
+        and a verified local copy of that version exists, from the copy. Raises ModelLoadError."""
+        try:
+            return self.load_from_registry(version)
+        except ModelLoadError as exc:
+            if exc.kind != "unavailable" or version is None or self.copies is None:
+                raise
+            return self._load_copy_instead(exc, str(version))
+
+    def _load_copy_instead(self, cause: ModelLoadError, version: str) -> LoadedModel:
+        try:
+            model = load_copy(self.copies, self.model_name, version, self.alias, self.backend)
+        except CopyUnusable as exc:
+            log.warning("the local copy of %s version %s is not used: %s", self.model_name, version, exc)
+            raise ModelLoadError(f"{cause.message}; its local copy is not usable: {exc}", "unavailable",
+                                 version) from cause
+        if model is None:
+            raise ModelLoadError(f"{cause.message}; there is no local copy of version {version}", "unavailable",
+                                 version) from cause
+        log.warning("MLflow is unreachable: %s version %s is served from its local copy (saved %s)",
+                    self.model_name, version, model.copy_saved_at)
+        return model
+
+    def load_from_registry(self, version: str | None = None) -> LoadedModel:
+        """Load `version` (the alias's version when None) from MLflow only. Raises ModelLoadError."""
         if version is None:
             version, run_id = self.resolve()
         else:
@@ -210,14 +251,22 @@ class MlflowModelLoader:
                 if list(tagged) != feature_names:
                     raise ModelLoadError(f"run tag feature_names {tagged} differs from the reference header {feature_names}",
                                          "invalid", version)
-            predictor, note = self._predictor(version, run_id, tags, feature_names, tmp)
-        # a model that cannot predict its own reference is not worth swapping to
-        try:
-            predictor.predict(reference[:2])
-        except Exception as exc:  # noqa: BLE001
-            raise ModelLoadError(f"the {predictor.backend} model fails to predict: {exc}", "invalid", version) from exc
+            predictor, note, artifact = self._predictor(version, run_id, tags, feature_names, tmp)
+            _check_predicts(predictor, reference, version)
+            if self.copies is not None:
+                self._save_copy(version, run_id, feature_names, CopyFiles(Path(ref_path), predictor.backend, artifact),
+                                note)
         return LoadedModel(self.model_name, version, self.alias, run_id, tuple(feature_names), reference,
                            predictor, _now_iso(), note)
+
+    def _save_copy(self, version: str, run_id: str, feature_names, files: CopyFiles, note: str | None) -> None:
+        """A copy that cannot be written costs nothing now (the model is served); it is missed only in
+        a later MLflow outage, so say so in the log and go on."""
+        try:
+            self.copies.save(self.model_name, version, run_id, feature_names, files, note)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not keep a local copy of %s version %s under %s: %s", self.model_name, version,
+                        self.copies.root, exc)
 
     def _predictor(self, version: str, run_id: str, tags: dict, feature_names: list[str], tmp: str):
         import mlflow.artifacts
@@ -229,7 +278,7 @@ class MlflowModelLoader:
                 onnx_path = mlflow.artifacts.download_artifacts(
                     run_id=run_id, artifact_path=ONNX_ARTIFACT, dst_path=os.path.join(tmp, "onnx"),
                     tracking_uri=self.tracking_uri)
-                return OnnxPredictor(Path(onnx_path).read_bytes(), len(feature_names)), None
+                return OnnxPredictor(Path(onnx_path).read_bytes(), len(feature_names)), None, Path(onnx_path)
             except Exception as exc:  # noqa: BLE001
                 if self.backend == "onnx" or _is_connection_problem(exc):
                     raise
@@ -242,7 +291,46 @@ class MlflowModelLoader:
             artifact_uri=f"models:/{self.model_name}/{version}", dst_path=os.path.join(tmp, "model"),
             tracking_uri=self.tracking_uri)
         model = mlflow.sklearn.load_model(local)
-        return SklearnPredictor(model, feature_names), note
+        return SklearnPredictor(model, feature_names), note, Path(local)
+
+
+def _check_predicts(predictor: Predictor, reference: np.ndarray, version: str) -> None:
+    """A model that cannot predict its own reference is not worth swapping to."""
+    try:
+        predictor.predict(reference[:2])
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"the {predictor.backend} model fails to predict: {exc}", "invalid", version) from exc
+
+
+def load_copy(copies: ModelCopies, name: str, version: str, alias: str, backend: str = "auto") -> LoadedModel | None:
+    """The version rebuilt from its local copy, after checking every digest; None when there is no
+    copy. CopyUnusable when the copy must not be served (damaged, or not the backend asked for)."""
+    copy = copies.open(name, version)
+    if copy is None:
+        return None
+    if backend != "auto" and copy.backend != backend:
+        raise CopyUnusable(f"{copy.path}: holds the {copy.backend} model, SERVING_PREDICT_BACKEND asks for {backend}")
+    try:
+        return _build_from_copy(copy, alias)
+    except Exception as exc:  # noqa: BLE001 - whatever it is, this copy is not served
+        message = exc.message if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+        raise CopyUnusable(f"{copy.path}: {message}") from exc
+
+
+def _build_from_copy(copy: VerifiedCopy, alias: str) -> LoadedModel:
+    feature_names, reference = _read_reference(copy.reference)
+    if tuple(feature_names) != copy.feature_names:
+        raise ModelLoadError(f"its reference header {feature_names} differs from the manifest's "
+                             f"{list(copy.feature_names)}")
+    if copy.backend == "onnx":
+        predictor: Predictor = OnnxPredictor(copy.artifact.read_bytes(), len(feature_names))
+    else:
+        import mlflow.sklearn
+
+        predictor = SklearnPredictor(mlflow.sklearn.load_model(str(copy.artifact)), feature_names)
+    _check_predicts(predictor, reference, copy.version)
+    return LoadedModel(copy.name, copy.version, alias, copy.run_id, tuple(feature_names), reference, predictor,
+                       _now_iso(), copy.backend_note, LOCAL_COPY, copy.saved_at)
 
 
 def _read_reference(path: Path) -> tuple[list[str], np.ndarray]:

@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from serving.inputs import SOURCE_MAX_LENGTH, SOURCE_PATTERN_JSON
+from serving.model import LOCAL_COPY, REGISTRY
 
 NUMBER = {"type": "number"}
 FLOAT_LIMIT = float(np.finfo(np.float32).max)
@@ -73,6 +74,7 @@ def build_openapi(feature_names: Sequence[str] | None, max_batch: int, max_body_
             "properties": {"status": {"type": "string", "enum": ["ok", "degraded", "not ready"]},
                            "ready": {"type": "boolean"}, "model_name": {"type": "string"},
                            "model_version": NULLABLE_STR, "backend": NULLABLE_STR, "reason": {"type": "string"},
+                           "model_source": {"type": "string", "enum": [REGISTRY, LOCAL_COPY]},
                            "load_error": error_info, "last_reload": reload_info}},
         "ModelInfo": {
             "type": "object",
@@ -82,6 +84,7 @@ def build_openapi(feature_names: Sequence[str] | None, max_batch: int, max_body_
                            "feature_names": {"type": "array", "items": {"type": "string"}},
                            "n_features": {"type": "integer"}, "loaded_at": {"type": "string"},
                            "backend": {"type": "string"}, "backend_note": NULLABLE_STR,
+                           "source": {"type": "string", "enum": [REGISTRY, LOCAL_COPY]},
                            "reference_samples": {"type": "integer"}, "window_started_at": {"type": "string"},
                            "load_error": error_info, "last_reload": reload_info}},
         "FeatureDrift": {

@@ -13,7 +13,10 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -67,14 +70,69 @@ def wait_http_ok(url: str, timeout: float, proc: subprocess.Popen | None = None,
     raise TimeoutError(f"{url} not healthy after {timeout:.0f}s: {last_error}")
 
 
+def group_members(pgid: int) -> list[psutil.Process]:
+    """The live (not zombie) processes of process group `pgid`, the leader included if it lives."""
+    members = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                members.append(proc)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+        except (PermissionError, psutil.AccessDenied):
+            members.append(proc)
+    return members
+
+
 def group_alive(pgid: int) -> bool:
+    """Whether any process of the group still runs. Zombies do not count: a killed leader whose
+    parent (here: whoever reaps orphans, which may be nobody in a container) has not collected it
+    still makes `killpg(pgid, 0)` succeed."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return bool(group_members(pgid))
+
+
+@dataclass(frozen=True)
+class LeaderState:
+    """What became of the process a pid file names. `alive`: it runs (not a zombie) and is still the
+    process we started. `recycled`: the pid now belongs to another process (it does not lead its own
+    group, or it is younger than the pid file); the kernel does not hand out a pid that is still some
+    group's id, so our group is then empty. `leftovers`: other live processes in the group of a leader
+    that is not alive (orphans such as LocalExecutor workers, which outlive a killed scheduler)."""
+    pid: int
+    alive: bool
+    zombie: bool = False
+    recycled: bool = False
+    leftovers: int = 0
+    started_at: float | None = None
+
+    def describe(self) -> str:
+        why = ("is a zombie" if self.zombie else
+               "gone (the pid now belongs to another process)" if self.recycled else "gone")
+        left = f"{self.leftovers} leftover process{'' if self.leftovers == 1 else 'es'} in its group"
+        return f"leader pid {self.pid} {why}, {left}"
+
+
+def leader_state(pid: int, not_after: float | None = None) -> LeaderState:
+    """Inspect the leader `pid`, whose pid file was written at `not_after` (Unix time) when known."""
+    try:
+        proc = psutil.Process(pid)
+        started_at = proc.create_time()
+        zombie = proc.status() == psutil.STATUS_ZOMBIE
+        # process start times are known to about a second (boot time + clock ticks)
+        recycled = not zombie and (os.getpgid(pid) != pid or (not_after is not None and started_at > not_after + 2.0))
+    except (psutil.NoSuchProcess, ProcessLookupError):
+        zombie, recycled, started_at = False, False, None
+    else:
+        if not zombie and not recycled:
+            return LeaderState(pid, alive=True, started_at=started_at)
+    leftovers = 0 if recycled else sum(1 for p in group_members(pid) if p.pid != pid)
+    return LeaderState(pid, alive=False, zombie=zombie, recycled=recycled, leftovers=leftovers)
 
 
 def stop_group(pgid: int, grace: float = 10.0) -> bool:
@@ -88,26 +146,30 @@ def stop_group(pgid: int, grace: float = 10.0) -> bool:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return False
+    try:
+        os.killpg(pgid, signal.SIGCONT)  # a stopped (SIGSTOPped) process acts on SIGTERM only once resumed
+    except ProcessLookupError:
+        pass
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
+        time.sleep(0.2)
+        _reap(pgid)
         if not group_alive(pgid):
             return True
-        _reap(pgid)
-        time.sleep(0.2)
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     for _ in range(50):
+        time.sleep(0.1)
         _reap(pgid)
         if not group_alive(pgid):
             break
-        time.sleep(0.1)
     return True
 
 
 def _reap(pid: int) -> None:
-    """Collect our own exited child so that it does not linger as a zombie (zombies keep a group 'alive')."""
+    """Collect our own exited child so that it does not linger as a zombie."""
     try:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:

@@ -22,6 +22,11 @@ STACK_MARKER = "DRIFTLOOP_STACK_DIR"
 SERVICE_NAMES = ("mlflow", "serving", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
                  "airflow-triggerer")
 
+# The Airflow processes without an HTTP endpoint, judged by the job heartbeat Airflow records for them
+# (their names in the api-server's /api/v2/monitor/health).
+AIRFLOW_COMPONENTS = {"airflow-scheduler": "scheduler", "airflow-dag-processor": "dag_processor",
+                      "airflow-triggerer": "triggerer"}
+
 
 @dataclass
 class ServiceSpec:
@@ -37,13 +42,18 @@ def venv_bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
+def serving_state_file(cfg: StackConfig) -> Path:
+    """The serving app's SQLite state (its default under SERVING_STATE_DIR, see serving/config.py)."""
+    return cfg.root / "serving" / "serving.sqlite3"
+
+
 def serving_env(cfg: StackConfig, secrets: dict) -> dict:
     return {
         **mlflow_client_env(secrets, cfg.mlflow_url),
         "MODEL_NAME": cfg.model_name,
         "SERVING_ADMIN_TOKEN": secrets["SERVING_ADMIN_TOKEN"],
         "SERVING_FEEDBACK_TOKEN": secrets["SERVING_FEEDBACK_TOKEN"],
-        "SERVING_STATE_DIR": str(cfg.root / "serving"),
+        "SERVING_STATE_DIR": str(serving_state_file(cfg).parent),
         "SERVING_HOST": cfg.host,
         "SERVING_PORT": str(cfg.serving_port),
         "GUNICORN_BIND": f"{cfg.host}:{cfg.serving_port}",

@@ -8,7 +8,7 @@ from flask import Blueprint, request
 from serving import metrics
 from serving.http import ctx, iso_utc, json_response, require_admin, require_model
 from serving.inputs import check_content_type, parse_json_object, parse_rows
-from serving.model import ModelLoadError
+from serving.model import REGISTRY, ModelLoadError
 from serving.store import StoreUnavailable
 
 log = logging.getLogger("serving")
@@ -42,16 +42,30 @@ def health():
         reason = load_error["message"] if load_error else "no model loaded yet"
         body.update(status="not ready", ready=False, model_version=None, backend=None, reason=reason)
         return json_response(body, 503)
-    load_failed = load_error is not None or (last_reload is not None and not last_reload["ok"])
-    degraded = load_failed or not store["ok"]
-    body.update(status="degraded" if degraded else "ok", ready=True, model_version=active.model.version,
-                backend=active.model.backend)
+    reload_failed = last_reload is not None and not last_reload["ok"]
+    load_failed = load_error is not None or reload_failed
+    model = active.model
+    from_copy = model.source != REGISTRY
+    # what waits for MLflow is re-checked in the background (serving/manager.py), never in this request
+    c.manager.watch_registry(reload_failed)
+    body.update(status="degraded" if (load_failed or from_copy or not store["ok"]) else "ok", ready=True,
+                model_version=model.version, backend=model.backend, model_source=model.source)
+    reasons = []
     if not store["ok"]:
-        body["reason"] = (f"{store['message']}; predictions are answered from the loaded model, their rows "
-                          "are not added to the drift window meanwhile (counted in serving_window_rows_unrecorded_total)")
-    elif load_failed:
-        body["reason"] = ("the last model load failed; the previous model keeps serving: "
-                          + ((load_error or {}).get("message") or (last_reload or {}).get("message") or ""))
+        reasons.append(f"{store['message']}; predictions are answered from the loaded model, their rows are not "
+                       "added to the drift window meanwhile (counted in serving_window_rows_unrecorded_total)")
+    if load_failed:
+        reasons.append("the last model load failed; the previous model keeps serving: "
+                       + ((load_error or {}).get("message") or (last_reload or {}).get("message") or ""))
+    if from_copy:
+        reasons.append(f"MLflow at {c.config.mlflow_tracking_uri} is unreachable: version {model.version} is served "
+                       f"from its local copy (saved {model.copy_saved_at}, digests verified); this returns to ok by "
+                       f"itself once MLflow answers (checked every {c.manager.registry_check_seconds:g} s)")
+    note = c.manager.registry_note
+    if note and (from_copy or reload_failed):
+        reasons.append(note)
+    if reasons:
+        body["reason"] = "; ".join(reasons)
     return json_response(body)
 
 
@@ -68,7 +82,8 @@ def model_info():
     return json_response({
         "name": m.name, "version": m.version, "alias": m.alias, "run_id": m.run_id,
         "feature_names": list(m.feature_names), "n_features": m.n_features, "loaded_at": m.loaded_at,
-        "backend": m.backend, "backend_note": m.backend_note, "reference_samples": int(len(m.reference)),
+        "backend": m.backend, "backend_note": m.backend_note, "source": m.source,
+        "reference_samples": int(len(m.reference)),
         "window_started_at": iso_utc(active.epoch_started_at),
         "load_error": c.manager.error_info(), "last_reload": _reload_info(c),
     })

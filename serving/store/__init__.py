@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
-from serving.store.base import (FeedbackProvenance, FeedbackRecord, ReloadOutcome, ServedRecord, StateStore,
-                                StoreUnavailable)
+from serving.store.base import (FeedbackProvenance, FeedbackRecord, ReloadOutcome, ServedRecord, StateFileError,
+                                StateStore, StoreUnavailable)
 from serving.store.sqlite import SQLiteStore
 
 SQLITE_PREFIX = "sqlite:///"
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 __all__ = ["FeedbackProvenance", "FeedbackRecord", "ReloadOutcome", "ServedRecord", "StateStore", "StoreUnavailable",
-           "SQLiteStore", "open_store", "check_store_url", "redact_url"]
+           "StateFileError", "SQLiteStore", "open_store", "check_store_url", "redact_url"]
 
 
 def check_store_url(url: str) -> str:

@@ -37,6 +37,25 @@ class StoreUnavailable(RuntimeError):
         self.reason = reason
 
 
+class StateFileError(RuntimeError):
+    """The state file exists but is no usable serving state (empty, not SQLite, truncated, damaged,
+    another application's). The app refuses to start instead of starting empty: the file holds the
+    feedback rows people paid for and the served-version record. Not an outage (`StoreUnavailable`):
+    waiting does not help, a person has to decide. A RuntimeError, so that gunicorn's master prints
+    it as "Error: ..." and exits when its start-up check raises it."""
+
+    def __init__(self, path, problem: str, advice: str | None = None):
+        self.path = str(path)
+        self.problem = problem
+        self.advice = advice or (
+            f"Restore it from a backup, or move it aside together with any {self.path}-wal and "
+            f"{self.path}-shm files next to it (e.g. mv {self.path} {self.path}.broken) to start with an "
+            "empty state: its feedback rows, drift window and served-version record are then no longer "
+            "used by the app")
+        super().__init__(f"serving state file {self.path} {problem}. The app did not start and changed "
+                         f"nothing in it. {self.advice}; the app never deletes or rewrites it by itself.")
+
+
 @dataclass(frozen=True)
 class ServedRecord:
     model_name: str
@@ -97,6 +116,16 @@ class ServedStateStore(abc.ABC):
 
     @abc.abstractmethod
     def last_reload(self, model_name: str) -> ReloadOutcome | None: ...
+
+    def clear_failed_reload(self, model_name: str, failed_at: float, version: str, message: str) -> bool:
+        """Mark the failed reload recorded at `failed_at` as settled (ok, `version`, `message`) unless
+        another outcome was recorded since; True if it was. Backends override this with one
+        conditional UPDATE; this fallback has a short read-then-write window."""
+        last = self.last_reload(model_name)
+        if last is None or last.ok or last.at != failed_at:
+            return False
+        self.record_reload(model_name, True, version, message)
+        return True
 
 
 class WindowStore(abc.ABC):
@@ -194,9 +223,9 @@ def activation_change(current_version: str | None, version: str, if_absent: bool
 
 
 # The methods of the three interfaces: a backend's driver errors are translated in these only.
-INTERFACE_METHODS = ("generation", "served", "activate", "record_reload", "last_reload", "add_rows",
-                     "add_rows_if_current", "window",
-                     "reset_window", "add_feedback", "iter_feedback_records", "count_feedback")
+INTERFACE_METHODS = ("generation", "served", "activate", "record_reload", "last_reload", "clear_failed_reload",
+                     "add_rows", "add_rows_if_current", "window", "reset_window", "add_feedback",
+                     "iter_feedback_records", "count_feedback")
 
 
 def translate_errors(*driver_errors: type[BaseException]):

@@ -2,21 +2,30 @@
 
 State files written by an older version are migrated in place when a store opens them (new columns
 are added, no row is lost). Driver errors leave as `StoreUnavailable` (serving/store/base.py).
+
+The file is never reset silently: opening an existing file that is empty, not SQLite, truncated,
+damaged or another application's database raises `StateFileError` (naming the file and what to do)
+and leaves it byte-for-byte as it was. A new state is built in a temporary file and hard-linked into
+place, so a crash cannot leave a 0-byte or half-made file under the state file's name, and of several
+workers creating it at once exactly one file wins. Connections never create the file (`mode=rw`).
 """
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
+import stat
 import threading
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
+from urllib.parse import quote
 
 import numpy as np
 
 from serving.store.base import (FEEDBACK_COLUMNS, FeedbackProvenance, FeedbackRecord, ReloadOutcome,
-                                ServedRecord, StateStore, activation_change, feedback_params,
-                                feedback_record, translate_errors, window_array)
+                                ServedRecord, StateFileError, StateStore, StoreUnavailable, activation_change,
+                                feedback_params, feedback_record, translate_errors, window_array)
 
 
 _SCHEMA = """
@@ -63,11 +72,164 @@ CREATE TABLE IF NOT EXISTS feedback (
 CREATE INDEX IF NOT EXISTS feedback_model ON feedback (model_name, id);
 """
 
+# The tables of a serving state. A file with none of them is another application's database; one
+# with some of them is an older state (the missing ones are created, like missing columns).
+STATE_TABLES = ("served", "epochs", "window_rows", "reloads", "feedback")
+SQLITE_MAGIC = b"SQLite format 3\x00"
+# SQLite result codes that mean "this file is damaged or no database", not "busy right now"
+_CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+
 # Columns added after the first release, by table: `_init_schema` adds the ones an existing state file
 # lacks (ALTER TABLE ... ADD COLUMN keeps every row; old rows read NULL there). Append, never edit.
 _ADDED_COLUMNS = {
     "feedback": (("credential", "TEXT"), ("client_addr", "TEXT"), ("source", "TEXT")),
 }
+
+
+def _uri(path: Path, mode: str) -> str:
+    return f"file:{quote(str(Path(path).absolute()))}?mode={mode}"
+
+
+def _schema_statements() -> list[str]:
+    return [s for s in (part.strip() for part in _SCHEMA.split(";")) if s]
+
+
+def check_state_file(path: str | os.PathLike, timeout: float = 10.0) -> bool:
+    """Is `path` a usable serving state? False when there is no file (a new state will be created),
+    True when it is one; `StateFileError` (what is wrong, what to do) when it is not.
+
+    Reads only: the header and size with plain file reads first (0 bytes, not SQLite, shorter than its
+    header says), then `PRAGMA quick_check` and the table list on a read-only connection (damaged
+    pages or indexes, another application's database). The file itself is never written; a -wal or
+    -shm file the read-only connection had to create beside a refused file is removed again.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        _refuse_orphaned_wal(path)
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        raise StateFileError(path, "is not a regular file", "Point SERVING_DB_PATH / SERVING_STORE_URL at the "
+                             "state file, or move this out of the way")
+    if st.st_size == 0:
+        raise StateFileError(path, "is empty (0 bytes): its rows are gone, e.g. truncated by a full disk, a "
+                                   "failed copy or a crash of an older version while it created the file")
+    with open(path, "rb") as fh:
+        header = fh.read(100)
+    if not header.startswith(SQLITE_MAGIC):
+        raise StateFileError(path, f"is not an SQLite database ({st.st_size} bytes starting with "
+                                   f"{header[:16]!r}, not {SQLITE_MAGIC!r})")
+    if len(header) < 100:
+        raise StateFileError(path, f"is truncated: {st.st_size} bytes, shorter than an SQLite header")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    wal = Path(f"{path}-wal")
+    wal_frames = wal.exists() and wal.stat().st_size > 32  # pages of the last commits may live there
+    if (not wal_frames and header[24:28] == header[92:96] and page_size >= 512
+            and st.st_size < pages * page_size):
+        raise StateFileError(path, f"is truncated: {st.st_size} bytes where its header counts {pages} pages "
+                                   f"of {page_size} bytes ({pages * page_size} bytes)")
+    _check_with_sqlite(path, timeout)
+    return True
+
+
+def _check_with_sqlite(path: Path, timeout: float) -> None:
+    companions = [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm")]
+    existed = {p: p.exists() for p in companions}
+    problem = None
+    try:
+        conn = sqlite3.connect(_uri(path, "ro"), uri=True, timeout=timeout, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            findings = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+        if findings != ["ok"]:
+            found = "; ".join(" ".join(str(f).split()) for f in findings)
+            problem = f"is damaged (SQLite's quick_check: {found[:400]})"
+        elif not tables:
+            problem = "is an SQLite database without any table, not a serving state"
+        elif not set(STATE_TABLES) & tables:
+            shown = ", ".join(sorted(tables)[:8]) + (", ..." if len(tables) > 8 else "")
+            problem = (f"is another application's SQLite database (tables: {shown}), not a serving state "
+                       f"(tables {', '.join(STATE_TABLES)})")
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorcode", None) not in _CORRUPT_CODES:
+            raise StoreUnavailable(f"sqlite:///{path}", " ".join(str(exc).split()) or type(exc).__name__) from exc
+        problem = f"is damaged or not a database (SQLite: {exc})"
+    if problem is not None:
+        for companion in companions:  # what our read-only look created (empty), not what was there
+            if not existed[companion] and companion.exists() and (
+                    not companion.name.endswith("-wal") or companion.stat().st_size == 0):
+                companion.unlink(missing_ok=True)
+        raise StateFileError(path, problem)
+
+
+def create_state_file(path: str | os.PathLike) -> bool:
+    """Create a new, empty serving state at `path` unless a file is there already; True if this call
+    created it. The schema is written into a temporary file, which is then hard-linked to `path`: the
+    name appears complete or not at all, and when several workers start on no state at once the first
+    link wins and the others open that file (theirs are dropped)."""
+    path = Path(path)
+    if not path.exists():
+        _refuse_orphaned_wal(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.new")
+    try:
+        conn = sqlite3.connect(str(tmp), isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for stmt in _schema_statements():
+                conn.execute(stmt)
+            conn.execute("COMMIT")
+            conn.execute("PRAGMA journal_mode = WAL")  # recorded in the header: the first open needs no switch
+        finally:
+            conn.close()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+            created = True
+        except FileExistsError:
+            created = False
+        except OSError:  # a file system without hard links: rename, under a lock, only if still absent
+            created = _rename_if_absent(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return created
+    finally:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+
+
+def _refuse_orphaned_wal(path: Path) -> None:
+    """No state file, but its -wal: SQLite would replay those pages into a new file of that name."""
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise StateFileError(
+            path, f"does not exist, but {wal.name} next to it does ({wal.stat().st_size} bytes): the recent "
+                  "changes of a state file that was moved or deleted, which SQLite would replay into a new file",
+            f"Move {wal.name} (and {path.name}-shm) to where that state file went, or out of the way to start "
+            "with an empty state")
+
+
+def _rename_if_absent(tmp: Path, path: Path) -> bool:
+    import fcntl
+
+    with open(path.with_name(f".{path.name}.create-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return False
+        os.rename(tmp, path)
+        return True
 
 
 @translate_errors(sqlite3.Error)
@@ -91,11 +253,16 @@ class SQLiteStore(StateStore):
         self._inserts = 0
         self._checkpointer_pid: int | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        timeout = self.busy_timeout_ms / 1000.0
+        if not self.path.exists():
+            create_state_file(self.path)  # a complete new state, or another worker's if it won the race
+        check_state_file(self.path, timeout)
         self._init_schema()
 
     # -- connections -------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout_ms / 1000.0,
+        # mode=rw: a state file that disappeared is an error, never silently a new empty one
+        conn = sqlite3.connect(_uri(self.path, "rw"), uri=True, timeout=self.busy_timeout_ms / 1000.0,
                                isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -153,7 +320,7 @@ class SQLiteStore(StateStore):
                 raise RuntimeError(f"{self.path}: could not switch SQLite to WAL mode (got {mode})")
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                for stmt in _schema_statements():
                     conn.execute(stmt)
                 self._migrate(conn)
                 conn.execute("COMMIT")
@@ -240,6 +407,11 @@ class SQLiteStore(StateStore):
         row = self.conn.execute("SELECT ok, version, message, at FROM reloads WHERE model_name = ?",
                                 (model_name,)).fetchone()
         return None if row is None else ReloadOutcome(bool(row[0]), row[1], row[2], row[3])
+
+    def clear_failed_reload(self, model_name: str, failed_at: float, version: str, message: str) -> bool:
+        return self.conn.execute(
+            "UPDATE reloads SET ok = 1, version = ?, message = ?, at = ? WHERE model_name = ? AND ok = 0 AND at = ?",
+            (version, message, time.time(), model_name, failed_at)).rowcount == 1
 
     # -- drift window --------------------------------------------------------------------------
     def add_rows(self, epoch: int, rows: np.ndarray) -> None:

@@ -129,6 +129,21 @@ def test_reload_outcome(store_url):
     assert last.ok and last.version == "4" and last.message is None
 
 
+def test_a_failed_reload_is_settled_only_if_nothing_was_recorded_since(store_url):
+    store = open_store(store_url, window_size=5)
+    assert store.clear_failed_reload("m", 1.0, "1", "settled") is False  # nothing recorded
+    store.record_reload("m", False, "2", "MLflow unreachable")
+    failed = store.last_reload("m")
+    assert store.clear_failed_reload("m", failed.at + 1, "1", "settled") is False  # not that failure
+    store.record_reload("m", False, "2", "MLflow unreachable again")
+    newer = store.last_reload("m")
+    assert store.clear_failed_reload("m", failed.at, "1", "settled") is False or newer.at == failed.at
+    assert store.clear_failed_reload("m", newer.at, "1", "settled") is True
+    last = store.last_reload("m")
+    assert last.ok and last.version == "1" and last.message == "settled" and last.at >= newer.at
+    assert store.clear_failed_reload("m", newer.at, "1", "settled") is False  # already settled
+
+
 def test_activate_if_absent_never_replaces_a_record(store_url):
     store = open_store(store_url, window_size=5)
     first, started = store.activate("m", "1", "a", if_absent=True)
