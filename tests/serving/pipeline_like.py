@@ -43,7 +43,10 @@ def log_like_pipeline(tracking_uri: str, model_name: str, X: pd.DataFrame, y: pd
     import sklearn
 
     mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    # register_model asks the registry URI, which MLFLOW_TRACKING_URI in the environment (the session
+    # server) would otherwise decide, whatever set_tracking_uri said
+    mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     mlflow.set_experiment(experiment)
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.2, random_state=random_state)
     model = RandomForestClassifier(n_estimators=n_estimators, random_state=random_state).fit(X_train, y_train)
