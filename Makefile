@@ -29,7 +29,9 @@ $(INSTALLED): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=/path/to/python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip sync --python $(PY) requirements.lock
+	@# byte-code compiled once here (~35 s): with PYTHONDONTWRITEBYTECODE set, as on these machines,
+	@# every process would otherwise compile every module it imports, every time (import mlflow 7.5 -> 2.6 s)
+	$(VENV)/bin/uv pip sync --compile-bytecode --python $(PY) requirements.lock
 	$(VENV)/bin/uv pip install --python $(PY) --no-deps -e .
 	@touch $(INSTALLED)
 
