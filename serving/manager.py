@@ -72,10 +72,16 @@ class ModelManager:
         self._watcher: threading.Thread | None = None
         self._watcher_pid: int | None = None
         self._watch_lock = threading.Lock()
+        self._follower: threading.Thread | None = None
+        self._follower_pid: int | None = None
 
     # -- per request -----------------------------------------------------------------------------
-    def sync(self) -> Active | None:
+    def sync(self, wait: bool = True) -> Active | None:
         """Follow the shared served record; one cheap SELECT unless something changed.
+
+        With `wait=False` (/health) a change is followed by a background thread and the model this
+        worker has now is returned at once: a model load takes seconds, longer than a readiness
+        probe's timeout, and a probe must not fail because another worker or replica just reloaded.
 
         Never raises for a store outage: the worker keeps serving what it has (remembered in
         `store_error` for /health) and follows the record again once the store answers."""
@@ -87,6 +93,10 @@ class ModelManager:
             if generation == self._seen_generation and time.monotonic() < self._next_retry:
                 self._store_ok()
                 return self.active  # not ready or behind, and the next retry is not due yet
+            if not wait:
+                self._store_ok()
+                self._follow_in_background()
+                return self.active
             with self._lock:
                 self._sync_locked()
         except StoreUnavailable as exc:
@@ -122,6 +132,29 @@ class ModelManager:
                 return active, predictions, False
             active = followed
         return active, predictions, False  # the record kept moving: answer, do not record
+
+    @property
+    def following(self) -> bool:
+        """A background follow of the served record (started by `sync(wait=False)`) is running."""
+        follower = self._follower
+        return follower is not None and follower.is_alive() and self._follower_pid == os.getpid()
+
+    def _follow_in_background(self) -> None:
+        with self._watch_lock:
+            if self.following:
+                return
+            self._follower = threading.Thread(target=self._follow, name="follow-record", daemon=True)
+            self._follower_pid = os.getpid()
+            self._follower.start()
+
+    def _follow(self) -> None:
+        try:
+            with self._lock:
+                self._sync_locked()
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+        except Exception:  # noqa: BLE001 - a request's sync() will try again and report it
+            log.exception("following the served record failed")
 
     def _store_ok(self) -> None:
         if self.store_error is not None:

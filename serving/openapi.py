@@ -75,6 +75,9 @@ def build_openapi(feature_names: Sequence[str] | None, max_batch: int, max_body_
                            "ready": {"type": "boolean"}, "model_name": {"type": "string"},
                            "model_version": NULLABLE_STR, "backend": NULLABLE_STR, "reason": {"type": "string"},
                            "model_source": {"type": "string", "enum": [REGISTRY, LOCAL_COPY]},
+                           "following": {"type": "boolean", "description": (
+                               "this worker is loading the version the served record names (after a reload "
+                               "elsewhere); a prediction waits for it, this probe does not")},
                            "load_error": error_info, "last_reload": reload_info}},
         "ModelInfo": {
             "type": "object",

@@ -31,15 +31,17 @@ def _reload_info(c) -> dict | None:
 @bp.get("/health")
 def health():
     c = ctx()
-    active = c.manager.sync()
+    active = c.manager.sync(wait=False)  # a probe never waits for a model load
     load_error = c.manager.error_info()
     store = c.manager.store_info()
     last_reload = _reload_info(c)
+    following = c.manager.following  # loading the served record's version now; requests wait for it
     body = {"model_name": c.config.model_name, "load_error": load_error, "last_reload": last_reload,
-            "store": store}
+            "store": store, "following": following}
     metrics.MODEL_LOADED.set(0 if active is None else 1)
     if active is None:
-        reason = load_error["message"] if load_error else "no model loaded yet"
+        reason = "loading the served version" if following else (
+            load_error["message"] if load_error else "no model loaded yet")
         body.update(status="not ready", ready=False, model_version=None, backend=None, reason=reason)
         return json_response(body, 503)
     reload_failed = last_reload is not None and not last_reload["ok"]

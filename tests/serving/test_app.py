@@ -67,13 +67,26 @@ def test_no_champion_at_start_then_reload(mlflow_server, tmp_path, iris):
     assert reloaded.json["previous_version"] is None and reloaded.json["window_restarted"] is True
     assert c.get("/health").json["status"] == "ok"
     assert c.post("/predict", json={"features": SETOSA}).json["prediction"] == 0
-    # the other worker follows the shared record on its next request, without a reload call of its own
+    # the other worker follows the shared record on its next request, without a reload call of its own;
+    # a probe does not wait for that load (it runs in the background), a request of the API does
     followed = other_worker.get("/health")
-    assert followed.status_code == 200 and followed.json["model_version"] == "1"
+    assert followed.json["following"] or followed.json["model_version"] == "1", followed.json
+    assert followed.status_code == 200 or followed.json["reason"] == "loading the served version", followed.json
     assert other_worker.get("/drift/status").json["samples"] == 1
+    assert other_worker.get("/health").json["model_version"] == "1"
     time.sleep(0.6)
-    retried = patient.get("/health")
+    retried = _settled_health(patient)
     assert retried.status_code == 200 and retried.json["model_version"] == "1"
+
+
+def _settled_health(client, timeout: float = 60):
+    """/health once no background follow of the served record is running (what a probe sees next)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        health = client.get("/health")
+        if not health.json["following"] or time.monotonic() > deadline:
+            return health
+        time.sleep(0.05)
 
 
 def test_health_and_model_info(client, champion):
@@ -160,7 +173,7 @@ def test_errors_are_json(app, client, monkeypatch):
     na = client.get("/predict")
     assert na.status_code == 405 and na.mimetype == "application/json" and "POST" in na.headers["Allow"]
 
-    def boom():
+    def boom(**_):
         raise RuntimeError("kaput")
 
     monkeypatch.setattr(app.extensions["serving"].manager, "sync", boom)
@@ -412,6 +425,41 @@ def test_a_restarted_worker_serves_the_recorded_version_not_the_alias(mlflow_ser
     assert make_app(mlflow_server, name, tmp_path).test_client().get("/model/info").json["version"] == v2.version
 
 
+def test_health_does_not_wait_for_a_worker_to_follow_a_reload_elsewhere(mlflow_server, model_name, champion,
+                                                                       iris, tmp_path):
+    """A reload on one worker (or replica) makes every other worker load the new version on its next
+    request. A readiness probe must not be that request: /health answers at once with the model the
+    worker has (`following: true`), the load runs in the background, and the next prediction is
+    answered by the new version."""
+    import threading
+
+    other = make_app(mlflow_server, model_name, tmp_path)  # a worker of the same app, another process
+    app = make_app(mlflow_server, model_name, tmp_path)
+    manager = app.extensions["serving"].manager
+    release = threading.Event()
+    real_load = manager.loader.load
+
+    def slow_load(version=None):
+        assert release.wait(60), "the test never released the load"
+        return real_load(version)
+
+    manager.loader.load = slow_load
+    X, y = iris
+    v2 = log_like_pipeline(mlflow_server, model_name, X, y, random_state=3, run_tag="v2")
+    assert other.test_client().post("/model/reload", headers=AUTH).json["version"] == v2.version
+
+    c = app.test_client()
+    t0 = time.monotonic()
+    health = c.get("/health")
+    assert time.monotonic() - t0 < 5  # the load is held until `release`: /health did not wait for it
+    assert health.status_code == 200 and health.json["following"] is True, health.json
+    assert health.json["model_version"] == champion.version and health.json["status"] == "ok"
+    release.set()
+    assert c.post("/predict", json={"features": SETOSA}).json["model_version"] == v2.version
+    health = c.get("/health").json
+    assert health["following"] is False and health["model_version"] == v2.version
+
+
 def test_unloadable_recorded_version_is_reported_not_replaced_by_the_alias(mlflow_server, model_name, champion,
                                                                            tmp_path):
     """The recorded version cannot be loaded: the worker says so in /health and /model/info, does not
@@ -440,7 +488,10 @@ def test_unloadable_recorded_version_is_reported_not_replaced_by_the_alias(mlflo
     assert c.post("/predict", json={"features": SETOSA}).status_code == 503
     assert attempts == []  # within the retry interval: no new attempt per request
     time.sleep(0.6)
-    assert c.get("/health").status_code == 503
+    assert c.get("/health").status_code == 503  # the probe retries in the background, without waiting
+    deadline = time.monotonic() + 30
+    while manager.following and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert attempts == ["999"]  # retried the recorded version, not the alias
     assert app.extensions["serving"].store.served(model_name).version == "999"
 
