@@ -22,6 +22,7 @@ from serving.store import FeedbackProvenance, SQLiteStore, StateFileError, open_
 from serving.store.sqlite import check_state_file
 from stack.procs import free_port, port_in_use, start_process, stop_group
 from tests.serving.conftest import GUNICORN_CONF, REPO, start_gunicorn, stop_gunicorn
+from tests.serving.store_procs import start_store
 
 pytestmark = pytest.mark.faults
 
@@ -154,33 +155,25 @@ def test_changes_of_a_moved_state_file_are_not_replayed_into_a_new_one(tmp_path)
     store.close()
 
 
-def _start_store(path, barrier, results):
-    barrier.wait()
-    try:
-        store = SQLiteStore(path, window_size=100, checkpoint_seconds=0)
-        store.add_feedback("iris", "1", np.array([[float(os.getpid()), 0.0]]), [0])
-        results.put(("ok", os.getpid()))
-    except Exception as exc:  # noqa: BLE001 - reported to the test
-        results.put(("error", repr(exc)))
-
-
 @pytest.mark.parametrize("hard_links", [True, False], ids=["hard link", "no hard links"])
-def test_several_processes_creating_a_new_state_agree_on_one_file(tmp_path, monkeypatch, hard_links):
-    if not hard_links:  # a file system without them: rename under a lock instead
-        def no_link(src, dst):
-            raise PermissionError(1, "Operation not permitted")
-
-        monkeypatch.setattr("serving.store.sqlite.os.link", no_link)
+def test_several_processes_creating_a_new_state_agree_on_one_file(tmp_path, hard_links):
     path = tmp_path / "state" / "serving.sqlite3"
-    ctx = mp.get_context("fork")
+    # spawn, not fork: a child forked from this many-threaded process (servers, model loaders of earlier
+    # tests) can hang on a lock some thread held at the fork, as gunicorn's workers never do
+    ctx = mp.get_context("spawn")
     n = 8
     barrier, results = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=_start_store, args=(path, barrier, results)) for _ in range(n)]
-    for p in procs:
-        p.start()
-    outcomes = [results.get(timeout=60) for _ in range(n)]
-    for p in procs:
-        p.join(30)
+    procs = [ctx.Process(target=start_store, args=(path, barrier, results, hard_links), daemon=True) for _ in range(n)]
+    try:
+        for p in procs:
+            p.start()
+        outcomes = [results.get(timeout=120) for _ in range(n)]
+        for p in procs:
+            p.join(30)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
     assert all(kind == "ok" for kind, _ in outcomes), outcomes
     store = SQLiteStore(path, window_size=100)
     rows = {int(r.features[0]) for r in store.iter_feedback_records("iris")}
@@ -255,7 +248,10 @@ def test_a_worker_that_cannot_start_stops_gunicorn_within_seconds(tmp_path, mlfl
         stop_group(proc.pid)
     log = log_path.read_text()
     assert "Worker failed to boot" in log and cause in log, log[-3000:]
-    assert proc.returncode == 3 and not port_in_use(port)
+    # 3 is gunicorn's WORKER_BOOT_ERROR; when the second worker fails while the master halts for the
+    # first, gunicorn's halt raises HaltServer again and the master exits 1 with that traceback (a known
+    # gunicorn race, e.g. benoitc/gunicorn#2393): either way it stops, says why, and frees the port
+    assert proc.returncode in (1, 3) and not port_in_use(port), (proc.returncode, log[-3000:])
     print(f"{case}: gunicorn exited {elapsed:.1f} s after its first worker booted")
     assert elapsed < 15, log[-3000:]
 

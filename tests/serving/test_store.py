@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from serving.store import FeedbackProvenance, SQLiteStore, StoreUnavailable, open_store
+from tests.serving.store_procs import start_replica, write_rows
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -34,18 +35,12 @@ def _close_stores(monkeypatch):
         store.close()
 
 
-def _writer(url, epoch, start, n):
-    store = open_store(url, window_size=1000)
-    for i in range(start, start + n):
-        store.add_rows(epoch, np.array([[float(i), 0.0]]))
-
-
 def test_window_is_shared_by_processes_and_trimmed(store_url):
     store = open_store(store_url, window_size=50, prune_every=7)
     record, started = store.activate("m", "1", "run1")
     assert started and record.generation == 1
-    ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_writer, args=(store_url, record.epoch, k * 1000, 60)) for k in range(2)]
+    ctx = mp.get_context("spawn")  # a fork of this many-threaded process can hang
+    procs = [ctx.Process(target=write_rows, args=(store_url, record.epoch, k * 1000, 60)) for k in range(2)]
     for p in procs:
         p.start()
     for p in procs:
@@ -166,18 +161,11 @@ def test_unsupported_store_url_is_refused_without_echoing_the_password():
 
 # -- PostgreSQL: replicas, outages -------------------------------------------------------------------
 
-def _start_replica(url, version, barrier, queue):
-    barrier.wait(30)
-    store = open_store(url, window_size=100)  # creates the schema (all start at once)
-    record, started = store.activate("m", version, f"run-{version}", if_absent=True)
-    queue.put((record.version, record.epoch, record.generation, started))
-
-
 def test_replicas_starting_together_create_the_schema_once_and_agree_on_one_record(postgres_url):
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")  # a fork of this many-threaded process can hang
     n = 6
     barrier, queue = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=_start_replica, args=(postgres_url, str(k + 1), barrier, queue)) for k in range(n)]
+    procs = [ctx.Process(target=start_replica, args=(postgres_url, str(k + 1), barrier, queue)) for k in range(n)]
     for p in procs:
         p.start()
     results = [queue.get(timeout=60) for _ in procs]
