@@ -85,6 +85,9 @@ class ModelManager:
 
         Never raises for a store outage: the worker keeps serving what it has (remembered in
         `store_error` for /health) and follows the record again once the store answers."""
+        if wait and self.following:
+            with self._lock:  # the background follow holds the lock while it loads: answer with its result
+                pass
         try:
             generation = self.store.generation(self.name)
             if generation is not None and generation == self._seen_generation and not self._behind:
@@ -107,9 +110,10 @@ class ModelManager:
 
     def current(self) -> Active | None:
         """The model to answer with, without a store call when this worker is settled (it has a model,
-        follows the record and the store answered last time): `predict_and_record` then checks the
-        record in the same round trip as its insert. Otherwise `sync()`."""
-        if self.active is not None and not self._behind_flag and self.store_error is None:
+        follows the record, no background follow is loading and the store answered last time):
+        `predict_and_record` then checks the record in the same round trip as its insert. Otherwise
+        `sync()`, which waits for a background follow."""
+        if self.active is not None and not self._behind_flag and self.store_error is None and not self.following:
             return self.active
         return self.sync()
 
