@@ -18,7 +18,7 @@ LABEL_COLUMN ?=
 FEEDBACK_URL ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install lock compile retrain run stop status test test-dag-e2e e2e bench k8s clean-stack mlflow
+.PHONY: help install lock compile retrain run stop status lint format test test-dag-e2e e2e bench k8s clean-stack mlflow
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -65,7 +65,16 @@ status: ## show the health of each part of the embedded stack
 clean-stack: stop ## stop the stack and delete all its data under .stack/
 	rm -rf .stack
 
-test: $(INSTALLED) ## run the whole test suite (starts and stops its own services)
+lint: $(INSTALLED) ## ruff (lint and format check) and mypy (strict on the provider, serving, driftloop)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(INSTALLED) ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint ## lint, then run the whole test suite (starts and stops its own services)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-dag-e2e: $(INSTALLED) ## opt-in: dag.test() of drift_retrain against real MLflow, gunicorn and the local runner (~5-10 min)

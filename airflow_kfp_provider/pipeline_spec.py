@@ -3,18 +3,21 @@
 Airflow hands pipeline parameters around as rendered templates (strings) or JSON values; KFP wants
 each parameter in the type the pipeline declares (``NUMBER_INTEGER`` must not arrive as ``"100"`` or
 ``100.0``). ``coerce_params`` converts what can be converted safely and rejects the rest *before*
-anything is submitted, with a message that names the parameter.
+anything is submitted, with a message that names the parameter. It is the one place where pipeline
+arguments are converted: the operator uses it before submitting, local runners (e.g.
+:mod:`airflow_kfp_provider.local_runner`) use it on their ``--param name=value`` text.
 """
+
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-#: Where the project's compiled retrain pipeline lives (``make compile`` writes it).
-DEFAULT_PIPELINE_FILE = "retrain_pipeline.yaml"
+from airflow_kfp_provider.utils import parse_bool
+
+#: The compiled pipeline an operator runs when it is given none.
 PIPELINE_PACKAGE_ENV = "KFP_PIPELINE_PACKAGE"
 
 
@@ -23,48 +26,43 @@ class PipelineSpecError(ValueError):
 
 
 def default_pipeline_package() -> str:
-    """``$KFP_PIPELINE_PACKAGE``, else ``kfp_components/retrain_pipeline.yaml`` of the installed project.
-
-    Uses importlib's finder only (nothing is imported), so it is cheap and safe at run time.
-    """
+    """``$KFP_PIPELINE_PACKAGE``: the compiled pipeline used when an operator names none."""
     env = os.environ.get(PIPELINE_PACKAGE_ENV)
-    if env:
-        return env
-    spec = importlib.util.find_spec("kfp_components")
-    if spec is not None and spec.submodule_search_locations:
-        return str(Path(list(spec.submodule_search_locations)[0]) / DEFAULT_PIPELINE_FILE)
-    return str(Path("kfp_components") / DEFAULT_PIPELINE_FILE)
+    if not env:
+        raise PipelineSpecError(
+            f"no compiled pipeline given: set the operator's pipeline_package or ${PIPELINE_PACKAGE_ENV}"
+        )
+    return env
 
 
-def load_pipeline_spec(path: str | os.PathLike) -> dict:
+def load_pipeline_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The PipelineSpec document of a compiled pipeline YAML (the one holding ``root``)."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise PipelineSpecError(
-            f"compiled pipeline not found at {path}: run `make compile` (it writes "
-            f"kfp_components/{DEFAULT_PIPELINE_FILE}) or point the operator's pipeline_package "
-            f"(or ${PIPELINE_PACKAGE_ENV}) at an existing compiled pipeline YAML"
+            f"compiled pipeline not found at {path}: compile the pipeline (kfp.compiler.Compiler) or point "
+            f"the operator's pipeline_package (or ${PIPELINE_PACKAGE_ENV}) at an existing compiled pipeline YAML"
         )
     try:
         docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
     except (OSError, yaml.YAMLError) as exc:
-        raise PipelineSpecError(f"cannot read compiled pipeline {path}: {exc}; recompile it with `make compile`") from exc
+        raise PipelineSpecError(f"cannot read compiled pipeline {path}: {exc}; recompile it") from exc
     for doc in docs:
         if isinstance(doc, dict) and "root" in doc:
             return doc
     raise PipelineSpecError(
         f"{path} is not a compiled KFP pipeline (no PipelineSpec document with a 'root'); "
-        "compile it with kfp.compiler.Compiler (`make compile`)"
+        "compile it with kfp.compiler.Compiler"
     )
 
 
-def pipeline_name(spec: dict) -> str:
+def pipeline_name(spec: dict[str, Any]) -> str:
     return str((spec.get("pipelineInfo") or {}).get("name") or "")
 
 
-def pipeline_parameters(spec: dict) -> dict[str, dict]:
+def pipeline_parameters(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """``{name: {"type": "STRING"|..., "default": value or None, "optional": bool}}``."""
     params = ((spec.get("root") or {}).get("inputDefinitions") or {}).get("parameters") or {}
     out = {}
@@ -76,10 +74,6 @@ def pipeline_parameters(spec: dict) -> dict[str, dict]:
             "optional": bool(info.get("isOptional", "defaultValue" in info)),
         }
     return out
-
-
-_TRUE = {"true", "1", "yes", "y", "on"}
-_FALSE = {"false", "0", "no", "n", "off"}
 
 
 def _coerce(name: str, ptype: str, value: Any) -> Any:
@@ -123,10 +117,11 @@ def _coerce(name: str, ptype: str, value: Any) -> Any:
                 raise bad("a number") from None
         raise bad("a number")
     if ptype == "BOOLEAN":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
+        if isinstance(value, (bool, str)):
+            try:
+                return parse_bool(value, name)
+            except ValueError:
+                pass
         raise bad("a boolean (true or false)")
     if ptype in ("LIST", "STRUCT"):
         expected = list if ptype == "LIST" else dict
@@ -141,7 +136,7 @@ def _coerce(name: str, ptype: str, value: Any) -> Any:
     return value  # a type this code does not know: pass it through unchanged
 
 
-def coerce_params(spec: dict, params: dict | None) -> dict:
+def coerce_params(spec: dict[str, Any], params: dict[str, Any] | None) -> dict[str, Any]:
     """Check params against the pipeline's declared inputs and convert them to the declared types."""
     declared = pipeline_parameters(spec)
     params = dict(params or {})

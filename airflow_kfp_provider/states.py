@@ -1,12 +1,18 @@
 """The one place where pipeline-run states are defined and mapped.
 
 Both backends report the states of the KFP v2beta1 API (``V2beta1RuntimeState``): the ``kfp``
-backend gets them from the KFP API server, the ``local`` backend writes them into its run records.
-Everything else (operator, trigger, DAG) asks this module what a state means.
+backend gets them from the KFP API server, the ``local`` backend writes them into its run files
+(:mod:`airflow_kfp_provider.local_runs` uses these names). Everything else (operator, trigger, sensor,
+DAG) asks this module what a state means.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow_kfp_provider.hooks.base import PipelineRun
 
 
 class RunState:
@@ -89,10 +95,11 @@ DEFAULT_POLL_INTERVAL = 30.0
 DEFAULT_MAX_TRANSIENT_ERRORS = 5
 
 
-def run_event(run: object, run_name: str = "") -> dict | None:
+def run_event(run: PipelineRun, run_name: str = "") -> dict[str, Any] | None:
     """The wait's final event for a run in a final state, or None while it is still going.
 
-    Shared by the trigger and the operator (which skips deferral for an already final run)::
+    Used by the wait loop (:mod:`airflow_kfp_provider.wait`), the sensor and the operator (which skips
+    deferral for an already final run)::
 
         {"status": "success" | "failed", "run_id", "run_name", "message", "run": run.to_dict()}
     """
@@ -102,8 +109,18 @@ def run_event(run: object, run_name: str = "") -> dict | None:
     data = run.to_dict()
     name = run.display_name or run_name
     if is_successful(state):
-        return {"status": "success", "run_id": run.run_id, "run_name": name, "run": data,
-                "message": f"KFP run {run.run_id} ({name}) {STATES[state].meaning} [{state}]"}
+        return {
+            "status": "success",
+            "run_id": run.run_id,
+            "run_name": name,
+            "run": data,
+            "message": f"KFP run {run.run_id} ({name}) {STATES[state].meaning} [{state}]",
+        }
     where = f"; details: {run.url}" if run.url else ""
-    return {"status": "failed", "run_id": run.run_id, "run_name": name, "run": data,
-            "message": f"KFP run {run.run_id} ({name}) ended {state}: {run.error or 'no error message'}{where}"}
+    return {
+        "status": "failed",
+        "run_id": run.run_id,
+        "run_name": name,
+        "run": data,
+        "message": f"KFP run {run.run_id} ({name}) ended {state}: {run.error or 'no error message'}{where}",
+    }

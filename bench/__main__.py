@@ -2,6 +2,7 @@
 
 Only ratios measured in the same run mean much on a shared machine; the table says when and where.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,10 @@ import os
 import platform
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+
+import psutil
 
 from stack.mlflow_server import start_mlflow
 from stack.procs import free_port, stop_group
@@ -21,10 +24,12 @@ MODEL = "bench-model"
 
 
 def machine() -> str:
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
-    mem = int(next(l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")))
-    return f"{os.cpu_count()} cores ({cpu}), {mem / 1024 / 1024:.0f} GiB, Python {platform.python_version()}"
+    cpu, mem = platform.processor(), psutil.virtual_memory().total
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return f"{os.cpu_count()} cores ({cpu}), {mem / 2**30:.0f} GiB, Python {platform.python_version()}"
 
 
 def main(argv=None) -> int:
@@ -36,24 +41,30 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-stack", action="store_true", help="skip the whole-stack loop measurement")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    results: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine()}
+    results: dict = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="driftloop-bench-") as tmp:
         state = Path(tmp)
         print("==> MLflow server", flush=True)
-        proc, mlflow_uri = start_mlflow(state / "mlflow", free_port())
+        proc, mlflow_tracking_uri = start_mlflow(state / "mlflow", free_port())
         try:
             print("==> retrain pipeline on the local runner (registers the champion)", flush=True)
-            results["pipeline"] = loop.pipeline_run(mlflow_uri, MODEL, state / "kfp")
+            results["pipeline"] = loop.pipeline_run(mlflow_tracking_uri, MODEL, state / "kfp")
             print(f"  {results['pipeline']}", flush=True)
-            results["import_cost_s"] = {m: loop.import_cost(m) for m in ("kfp", "mlflow", "skops.io", "sklearn.ensemble")}
+            results["import_cost_s"] = {
+                m: loop.import_cost(m) for m in ("kfp", "mlflow", "skops.io", "sklearn.ensemble")
+            }
             print("==> serving under load", flush=True)
-            results["serving"] = serving_bench.bench_serving(mlflow_uri, MODEL, state, duration_s=args.duration)
+            results["serving"] = serving_bench.bench_serving(
+                mlflow_tracking_uri, MODEL, state, duration_s=args.duration
+            )
             print("==> serving under faults: 64 connections, slow clients", flush=True)
-            results["serving_faults"] = serving_bench.bench_faults(mlflow_uri, MODEL, state, duration_s=args.duration)
+            results["serving_faults"] = serving_bench.bench_faults(
+                mlflow_tracking_uri, MODEL, state, duration_s=args.duration
+            )
             print("==> drift detection quality", flush=True)
             results["drift_quality"] = drift.detection_quality(windows=args.windows)
             print("==> /drift/status latency by window size", flush=True)
-            results["drift_status_latency"] = drift.status_latency(mlflow_uri, MODEL)
+            results["drift_status_latency"] = drift.status_latency(mlflow_tracking_uri, MODEL)
         finally:
             stop_group(proc.pid)
         print("==> DAG parse time", flush=True)

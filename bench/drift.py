@@ -8,6 +8,7 @@ Detectors compared on the same windows:
   per feature, Bonferroni: drift when min p < p_val / n_features);
 - `project-bh` — serving's Benjamini-Hochberg option.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -51,8 +52,16 @@ def alibi_style_detector(reference, window, alpha=0.05) -> bool:
 
 def project_detector(correction: str):
     def detect(reference, window, alpha=0.05) -> bool:
-        return drift_report(reference, window, FEATURES, threshold=alpha, correction=correction,
-                            window_size=len(window), min_samples=len(window))["drift_detected"]
+        return drift_report(
+            reference,
+            window,
+            FEATURES,
+            threshold=alpha,
+            correction=correction,
+            window_size=len(window),
+            min_samples=len(window),
+        )["drift_detected"]
+
     return detect
 
 
@@ -74,14 +83,22 @@ def detection_quality(windows: int = 500, size: int = 100, seed: int = 2026) -> 
         for name, detect in DETECTORS.items():
             t0 = time.perf_counter()
             fired = int(sum(bool(detect(reference, w)) for w in samples))
-            rows.append({"scenario": scenario, "detector": name, "windows": windows, "window_rows": size,
-                         "drift_rate": fired / windows,
-                         "ms_per_check": (time.perf_counter() - t0) * 1000 / windows})
+            rows.append(
+                {
+                    "scenario": scenario,
+                    "detector": name,
+                    "windows": windows,
+                    "window_rows": size,
+                    "drift_rate": fired / windows,
+                    "ms_per_check": (time.perf_counter() - t0) * 1000 / windows,
+                }
+            )
     return rows
 
 
-def status_latency(mlflow_uri: str, model_name: str, window_sizes=(100, 1_000, 10_000, 100_000),
-                   reads: int = 15) -> list[dict]:
+def status_latency(
+    mlflow_tracking_uri: str, model_name: str, window_sizes=(100, 1_000, 10_000, 100_000), reads: int = 15
+) -> list[dict]:
     """GET /drift/status of the real app (Flask test client, in-process; SQLite store in a temp dir,
     champion loaded from MLflow) with a full window of each size, filled through POST /predict."""
     from serving.app import create_app
@@ -91,8 +108,15 @@ def status_latency(mlflow_uri: str, model_name: str, window_sizes=(100, 1_000, 1
     results = []
     for size in window_sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            app = create_app({"MLFLOW_TRACKING_URI": mlflow_uri, "MODEL_NAME": model_name, "SERVING_STATE_DIR": tmp,
-                              "DRIFT_WINDOW_SIZE": size, "SERVING_ADMIN_TOKEN": "bench"})
+            app = create_app(
+                {
+                    "MLFLOW_TRACKING_URI": mlflow_tracking_uri,
+                    "MODEL_NAME": model_name,
+                    "SERVING_STATE_DIR": tmp,
+                    "DRIFT_WINDOW_SIZE": size,
+                    "SERVING_ADMIN_TOKEN": "bench",
+                }
+            )
             client = app.test_client()
             for start in range(0, size, 1000):
                 rows = make_window(pool, rng, min(1000, size - start), 0.0).round(3).tolist()
@@ -104,6 +128,12 @@ def status_latency(mlflow_uri: str, model_name: str, window_sizes=(100, 1_000, 1
                 resp = client.get("/drift/status")
                 timings.append((time.perf_counter() - t0) * 1000)
                 assert resp.status_code == 200 and resp.get_json()["samples"] == size, resp.get_json()
-            results.append({"window_size": size, "median_ms": round(statistics.median(timings), 2),
-                            "max_ms": round(max(timings), 2), "reads": reads})
+            results.append(
+                {
+                    "window_size": size,
+                    "median_ms": round(statistics.median(timings), 2),
+                    "max_ms": round(max(timings), 2),
+                    "reads": reads,
+                }
+            )
     return results

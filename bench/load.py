@@ -1,6 +1,7 @@
 """HTTP load from a separate process on loopback: wrk (Debian's package), fixed duration and
 connection count, with its latency distribution parsed into numbers. And slow clients: connections
 that send their headers a byte at a time (slowloris), with /health probed while they are connected."""
+
 from __future__ import annotations
 
 import json
@@ -66,8 +67,9 @@ def parse_wrk(name: str, output: str) -> LoadResult:
     return LoadResult(name, rps, _ms(percentiles["50"]), _ms(percentiles["99"]), total, errors, non_2xx)
 
 
-def run_load(name: str, url: str, body: dict, duration_s: int = 20, connections: int = 16,
-             threads: int = 1, warmup_s: int = 3) -> LoadResult:
+def run_load(
+    name: str, url: str, body: dict, duration_s: int = 20, connections: int = 16, threads: int = 1, warmup_s: int = 3
+) -> LoadResult:
     wrk = ensure_wrk()
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write('wrk.method = "POST"\n')
@@ -75,10 +77,18 @@ def run_load(name: str, url: str, body: dict, duration_s: int = 20, connections:
         script.write('wrk.headers["Content-Type"] = "application/json"\n')
     try:
         if warmup_s:
-            subprocess.run([wrk, "-t1", f"-c{connections}", f"-d{warmup_s}s", "-s", script.name, url],
-                           capture_output=True, text=True, check=False)
-        out = subprocess.run([wrk, f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--latency",
-                              "-s", script.name, url], capture_output=True, text=True, check=True).stdout
+            subprocess.run(
+                [wrk, "-t1", f"-c{connections}", f"-d{warmup_s}s", "-s", script.name, url],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        out = subprocess.run(
+            [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", script.name, url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     finally:
         os.unlink(script.name)
     return parse_wrk(name, out)
@@ -102,7 +112,7 @@ class SlowClients:
         self._sel = selectors.DefaultSelector()
         self._sent: dict[socket.socket, int] = {}
 
-    def __enter__(self) -> "SlowClients":
+    def __enter__(self) -> SlowClients:
         for _ in range(self.n):
             self._connect()
         self._thread.start()
@@ -165,7 +175,7 @@ class SlowClients:
                 except OSError:
                     break
             for sock, sent in list(self._sent.items()):
-                byte = SLOW_HEAD[sent:sent + 1] or b"a"
+                byte = SLOW_HEAD[sent : sent + 1] or b"a"
                 try:
                     sock.send(byte)
                     self._sent[sock] = sent + 1

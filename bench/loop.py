@@ -1,9 +1,9 @@
 """Loop latency: one retrain pipeline on the local runner split by step, DAG file parse time, and the
 time from a forced DAG trigger (Airflow REST API) to the new champion being served, on a whole
 embedded stack started for the benchmark (whose peak memory is sampled meanwhile)."""
+
 from __future__ import annotations
 
-import json
 import os
 import re
 import statistics
@@ -15,11 +15,13 @@ from pathlib import Path
 
 import requests
 
-from bench.memory import PeakSampler, pids_with_env
+from bench.memory import PeakSampler, stack_pids
 from stack.config import REPO_ROOT, read_env_file
 from stack.procs import free_port
 
-TASK_LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) - INFO - (?:Executing task|Task) '([\w-]+)'(?: finished with status (\w+))?")
+TASK_LINE = re.compile(
+    r"^(\d\d:\d\d:\d\d\.\d+) - INFO - (?:Executing task|Task) '([\w-]+)'(?: finished with status (\w+))?"
+)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -38,12 +40,28 @@ def step_durations(output: str) -> dict[str, float]:
     return durations
 
 
-def pipeline_run(mlflow_uri: str, model_name: str, root: Path) -> dict:
+def pipeline_run(mlflow_tracking_uri: str, model_name: str, root: Path) -> dict:
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "kfp_components.run_local", "--pipeline-root", str(root),
-                           "--param", f"mlflow_uri={mlflow_uri}", "--param", f"model_name={model_name}",
-                           "--param", "deploy_target=none", "--param", "min_accuracy=0.0"],
-                          capture_output=True, text=True, cwd=REPO_ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kfp_components.run_local",
+            "--pipeline-root",
+            str(root),
+            "--param",
+            f"mlflow_tracking_uri={mlflow_tracking_uri}",
+            "--param",
+            f"model_name={model_name}",
+            "--param",
+            "deploy_target=none",
+            "--param",
+            "min_accuracy=0.0",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
     wall = time.monotonic() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"pipeline run failed: {proc.stdout[-2000:]}")
@@ -53,16 +71,22 @@ def pipeline_run(mlflow_uri: str, model_name: str, root: Path) -> dict:
 def import_cost(module: str, repeats: int = 3) -> float:
     """Median seconds to import `module` in a fresh interpreter (what each component process pays)."""
     code = f"import time; t=time.perf_counter(); import {module}; print(time.perf_counter()-t)"
-    times = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip().splitlines()[-1])
-             for _ in range(repeats)]
+    times = [
+        float(
+            subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        )
+        for _ in range(repeats)
+    ]
     return round(statistics.median(times), 2)
 
 
 def dag_parse_time(repeats: int = 5) -> dict:
     """Seconds to execute dags/drift_retrain.py in a fresh interpreter with airflow.sdk already imported
     (what the dag-processor pays per parse)."""
-    code = ("import runpy, time, airflow.sdk\n"
-            "t = time.perf_counter(); runpy.run_path('dags/drift_retrain.py'); print(time.perf_counter() - t)")
+    code = (
+        "import runpy, time, airflow.sdk\n"
+        "t = time.perf_counter(); runpy.run_path('dags/drift_retrain.py'); print(time.perf_counter() - t)"
+    )
     times = []
     for _ in range(repeats):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
@@ -77,11 +101,12 @@ def stack_loop(state: Path) -> dict:
 
     root = state / "stack"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW"))}
-    env.update(STACK_DIR=str(root), MLFLOW_PORT=str(free_port()), SERVING_PORT=str(free_port()),
-               AIRFLOW_PORT=str(free_port()))
+    env.update(
+        STACK_DIR=str(root), MLFLOW_PORT=str(free_port()), SERVING_PORT=str(free_port()), AIRFLOW_PORT=str(free_port())
+    )
     stack = [sys.executable, "-m", "stack"]
     result = {}
-    with PeakSampler(lambda: pids_with_env(f"DRIFTLOOP_STACK_DIR={root}"), interval=1.0) as memory:
+    with PeakSampler(lambda: stack_pids(root), interval=1.0) as memory:
         try:
             t0 = time.monotonic()
             run = subprocess.run([*stack, "run"], capture_output=True, text=True, cwd=REPO_ROOT, env=env)
@@ -104,7 +129,7 @@ def stack_loop(state: Path) -> dict:
                 raise RuntimeError(f"no new champion 900 s after the trigger ({airflow.task_states(run_id)})")
             result["forced_trigger_to_new_champion_s"] = round(time.monotonic() - t0, 1)
             result["dag_run_state"] = airflow.wait(run_id)
-            result["stack_processes"] = len(pids_with_env(f"DRIFTLOOP_STACK_DIR={root}"))
+            result["stack_processes"] = len(stack_pids(root))
         finally:
             subprocess.run([*stack, "stop"], capture_output=True, text=True, cwd=REPO_ROOT, env=env)
     result["stack_peak_rss_mb"] = round(memory.peak_mb, 0)

@@ -1,56 +1,51 @@
 """Resident memory of process groups and of every process of the embedded stack, sampled while a
-benchmark runs (peak = the largest sum seen)."""
+benchmark runs (peak = the largest sum seen). Processes are found with psutil."""
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+
+import psutil
+
+from stack.config import StackConfig
+from stack.procs import group_members
+from stack.stop import straggler_processes
 
 
-def _rss_kb(pid: str) -> int:
-    try:
-        for line in (Path("/proc") / pid / "status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+def pids_in_group(pgid: int) -> list[int]:
+    return [proc.pid for proc in group_members(pgid)]
 
 
-def pids_in_group(pgid: int) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[2]) == pgid:
-                found.append(entry.name)
-    return found
+def stack_pids(root: Path) -> list[int]:
+    """Every live process of the embedded stack under `root`: the members of each part's process group
+    (a process that sets its title hides its environment) and anything else carrying the stack's marker
+    (a detached pipeline run)."""
+    pids: set[int] = set()
+    for pid_file in (root / "pids").glob("*.pid"):
+        try:
+            pids.update(pids_in_group(int(pid_file.read_text())))
+        except (OSError, ValueError):
+            continue
+    pids.update(proc.pid for proc in straggler_processes(StackConfig.from_env(root)))
+    return sorted(pids)
 
 
-def pids_with_env(marker: str) -> list[str]:
-    needle = marker.encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(entry.name)
-            except OSError:
-                pass
-    return found
-
-
-def total_rss_mb(pids: list[str]) -> float:
-    return sum(_rss_kb(p) for p in pids) / 1024
+def total_rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            continue
+    return total / 2**20
 
 
 class PeakSampler:
     """Samples total RSS of `select()` every `interval` seconds in a thread; `.peak_mb` is the maximum."""
 
-    def __init__(self, select: Callable[[], list[str]], interval: float = 0.5):
+    def __init__(self, select: Callable[[], list[int]], interval: float = 0.5):
         self.select, self.interval, self.peak_mb = select, interval, 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)

@@ -1,6 +1,7 @@
 """The ceiling: a minimal Flask app that only predicts with the champion (no input checks, no drift
 logging, no metrics). Run by gunicorn as `bench.minimal_app:create_app()`; MINIMAL_ENGINE picks
 `onnx` (the champion run's ONNX artifact on onnxruntime, one thread) or `sklearn`."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The benchmark results as the Markdown tables the README quotes."""
+
 from __future__ import annotations
 
 
@@ -11,57 +12,94 @@ def markdown(r: dict) -> str:
     serving = r.get("serving", [])
     if serving:
         mlflow_row = next((s for s in serving if s["name"].startswith("mlflow")), None)
-        out += ["### Serving (same champion, wrk, 16 connections, 2 workers)", "",
-                "| server | req/s | p50 ms | p99 ms | errors | peak RSS MB | vs mlflow serve |",
-                "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        out += [
+            "### Serving (same champion, wrk, 16 connections, 2 workers)",
+            "",
+            "| server | req/s | p50 ms | p99 ms | errors | peak RSS MB | vs mlflow serve |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for s in serving:
             ratio = _ratio(s["requests_per_s"], mlflow_row["requests_per_s"]) if mlflow_row else "n/a"
-            out.append(f"| {s['name']} | {s['requests_per_s']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | "
-                       f"{s['errors']} | {s['peak_rss_mb']:.0f} | {ratio} |")
+            out.append(
+                f"| {s['name']} | {s['requests_per_s']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | "
+                f"{s['errors']} | {s['peak_rss_mb']:.0f} | {ratio} |"
+            )
         from bench.serving_bench import postgres_vs_sqlite
 
         pg_ratio = postgres_vs_sqlite(serving)
         if pg_ratio is not None:
-            out += ["", f"PostgreSQL store (local server, one window for all replicas) vs SQLite store: "
-                        f"{pg_ratio:.1%} of the throughput (goal ≥ 80 %)."]
+            out += [
+                "",
+                f"PostgreSQL store (local server, one window for all replicas) vs SQLite store: "
+                f"{pg_ratio:.1%} of the throughput (goal ≥ 80 %).",
+            ]
         out.append("")
     faults = r.get("serving_faults") or {}
     if faults.get("load"):
         first = faults["load"][0]
-        out += [f"### Load: {first['connections']} connections, {first['workers']} workers, "
-                f"{first['duration_s']} s (driftloop /predict, SQLite store)", "",
-                "| worker | req/s | p50 ms | p99 ms | errors | answered | recorded in the window |",
-                "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        out += [f"| {row['name'].split(', ', 1)[-1]} | {row['requests_per_s']:.0f} | {row['p50_ms']:.2f} | "
-                f"{row['p99_ms']:.2f} | {row['errors']} | {row['answered']:,} | {row['recorded']:,} |"
-                for row in faults["load"]]
+        out += [
+            f"### Load: {first['connections']} connections, {first['workers']} workers, "
+            f"{first['duration_s']} s (driftloop /predict, SQLite store)",
+            "",
+            "| worker | req/s | p50 ms | p99 ms | errors | answered | recorded in the window |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        out += [
+            f"| {row['name'].split(', ', 1)[-1]} | {row['requests_per_s']:.0f} | {row['p50_ms']:.2f} | "
+            f"{row['p99_ms']:.2f} | {row['errors']} | {row['answered']:,} | {row['recorded']:,} |"
+            for row in faults["load"]
+        ]
         lost = [row for row in faults["load"] if row["recorded"] < row["answered"]]
         extra = " and ".join(str(r["recorded"] - r["answered"]) for r in faults["load"])
-        out += ["", "Every answered prediction recorded: " + (
-            f"yes; recorded − answered = {extra}: requests still in flight when wrk stopped counting "
-            f"(at most one per connection)." if not lost else
-            "NO: " + ", ".join(f"{r['name']}: {r['answered'] - r['recorded']} missing" for r in lost)), ""]
+        out += [
+            "",
+            "Every answered prediction recorded: "
+            + (
+                f"yes; recorded − answered = {extra}: requests still in flight when wrk stopped counting "
+                f"(at most one per connection)."
+                if not lost
+                else "NO: " + ", ".join(f"{r['name']}: {r['answered'] - r['recorded']} missing" for r in lost)
+            ),
+            "",
+        ]
     if faults.get("slow_clients"):
         first = faults["slow_clients"][0]
-        out += [f"### `/health` under {first['slow_connections']} slow connections (headers a byte every 0.5 s, "
-                f"{first['duration_s']} s; a probe counts when answered 200 within 2 s; goal 100 %)", "",
-                "| worker | probes | answered 200 | success | slow connections cut by the server |",
-                "| --- | ---: | ---: | ---: | --- |"]
+        out += [
+            f"### `/health` under {first['slow_connections']} slow connections (headers a byte every 0.5 s, "
+            f"{first['duration_s']} s; a probe counts when answered 200 within 2 s; goal 100 %)",
+            "",
+            "| worker | probes | answered 200 | success | slow connections cut by the server |",
+            "| --- | ---: | ---: | ---: | --- |",
+        ]
         for row in faults["slow_clients"]:
             cut = ", ".join(f"{n} × {status}" for status, n in sorted(row["slow_answers"].items())) or "none"
-            out.append(f"| {row['name'].split(', ', 1)[-1]} | {row['probes']} | {row['ok']} | "
-                       f"{row['success_rate']:.0%} | {cut} |")
+            out.append(
+                f"| {row['name'].split(', ', 1)[-1]} | {row['probes']} | {row['ok']} | "
+                f"{row['success_rate']:.0%} | {cut} |"
+            )
         out.append("")
     if r.get("drift_quality"):
-        out += ["### Drift detection (windows of 100 rows; reference = the champion's training split)", "",
-                "| scenario | detector | windows | drift rate | ms per check |", "| --- | --- | ---: | ---: | ---: |"]
-        out += [f"| {q['scenario']} | {q['detector']} | {q['windows']} | {q['drift_rate']:.1%} | {q['ms_per_check']:.1f} |"
-                for q in r["drift_quality"]]
+        out += [
+            "### Drift detection (windows of 100 rows; reference = the champion's training split)",
+            "",
+            "| scenario | detector | windows | drift rate | ms per check |",
+            "| --- | --- | ---: | ---: | ---: |",
+        ]
+        out += [
+            f"| {q['scenario']} | {q['detector']} | {q['windows']} | {q['drift_rate']:.1%} | {q['ms_per_check']:.1f} |"
+            for q in r["drift_quality"]
+        ]
         out.append("")
     if r.get("drift_status_latency"):
-        out += ["### `/drift/status` latency by window size (in-process, SQLite store)", "",
-                "| window | median ms | max ms |", "| ---: | ---: | ---: |"]
-        out += [f"| {d['window_size']:,} | {d['median_ms']:.1f} | {d['max_ms']:.1f} |" for d in r["drift_status_latency"]]
+        out += [
+            "### `/drift/status` latency by window size (in-process, SQLite store)",
+            "",
+            "| window | median ms | max ms |",
+            "| ---: | ---: | ---: |",
+        ]
+        out += [
+            f"| {d['window_size']:,} | {d['median_ms']:.1f} | {d['max_ms']:.1f} |" for d in r["drift_status_latency"]
+        ]
         out.append("")
     out += ["### Loop", "", "| measure | value |", "| --- | ---: |"]
     if r.get("pipeline"):
@@ -70,7 +108,9 @@ def markdown(r: dict) -> str:
     for module, seconds in r.get("import_cost_s", {}).items():
         out.append(f"| import {module} in a fresh process | {seconds:.2f} s |")
     if r.get("dag_parse"):
-        out.append(f"| DAG file parse (median of {r['dag_parse']['repeats']}) | {r['dag_parse']['median_s'] * 1000:.0f} ms |")
+        out.append(
+            f"| DAG file parse (median of {r['dag_parse']['repeats']}) | {r['dag_parse']['median_s'] * 1000:.0f} ms |"
+        )
     stack = r.get("stack") or {}
     if "make_run_to_healthy_s" in stack:
         out.append(f"| `make run` (installed venv) → healthy | {stack['make_run_to_healthy_s']:.0f} s |")

@@ -1,10 +1,12 @@
 """Serving throughput and latency, same champion, same load, one run: this project's /predict (drift
-logging on; SQLite store, and PostgreSQL store on a local server as replicas would use it) against `mlflow models serve` with the same worker count and against minimal
+logging on; SQLite store, and PostgreSQL store on a local server as replicas would use it) against
+`mlflow models serve` with the same worker count and against minimal
 Flask+gunicorn apps that only predict.
 
 Then faults: 64 connections on the driftloop /predict (every answered prediction must be a stored
 window row), and /health probed while 50 slow clients trickle their headers; both with this project's
 worker (serving/worker.py) and with gunicorn's plain sync worker, the before/after of issue #11."""
+
 from __future__ import annotations
 
 import os
@@ -33,58 +35,118 @@ SQLITE_NAME = "driftloop /predict (drift logging on)"
 POSTGRES_NAME = "driftloop /predict (drift logging on, PostgreSQL store)"
 
 
-def driftloop_spec(name: str, mlflow_uri: str, model_name: str, workers: int, state: Path,
-                   extra_env: dict | None = None) -> dict:
+def driftloop_spec(
+    name: str, mlflow_tracking_uri: str, model_name: str, workers: int, state: Path, extra_env: dict | None = None
+) -> dict:
     """The driftloop app under gunicorn as `make run` starts it, on a free port with its own state."""
     path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
     port = free_port()
     return {
-        "name": name, "port": port, "path": "/predict", "health": "/health", "body": {"features": ROW},
+        "name": name,
+        "port": port,
+        "path": "/predict",
+        "health": "/health",
+        "body": {"features": ROW},
         "cmd": [_bin("gunicorn"), "-c", str(REPO_ROOT / "serving" / "gunicorn.conf.py"), "serving.app:create_app()"],
         "state_dir": state / f"serving-{port}",
-        "env": {"MLFLOW_TRACKING_URI": mlflow_uri, "MODEL_NAME": model_name, "PATH": path,
-                "GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": str(workers),
-                "SERVING_STATE_DIR": str(state / f"serving-{port}"), "SERVING_ADMIN_TOKEN": "bench",
-                "PROMETHEUS_MULTIPROC_DIR": str(state / f"serving-{port}" / "prometheus"), **(extra_env or {})},
+        "env": {
+            "MLFLOW_TRACKING_URI": mlflow_tracking_uri,
+            "MODEL_NAME": model_name,
+            "PATH": path,
+            "GUNICORN_BIND": f"127.0.0.1:{port}",
+            "GUNICORN_WORKERS": str(workers),
+            "SERVING_STATE_DIR": str(state / f"serving-{port}"),
+            "SERVING_ADMIN_TOKEN": "bench",
+            "PROMETHEUS_MULTIPROC_DIR": str(state / f"serving-{port}" / "prometheus"),
+            **(extra_env or {}),
+        },
     }
 
 
-def server_specs(mlflow_uri: str, model_name: str, workers: int, state: Path, postgres_url: str = "") -> list[dict]:
+def server_specs(
+    mlflow_tracking_uri: str, model_name: str, workers: int, state: Path, postgres_url: str = ""
+) -> list[dict]:
     # `mlflow models serve` execs `uvicorn` by name: the venv's bin directory must be on PATH.
     path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
-    base_env = {"MLFLOW_TRACKING_URI": mlflow_uri, "MODEL_NAME": model_name, "PATH": path}
+    base_env = {"MLFLOW_TRACKING_URI": mlflow_tracking_uri, "MODEL_NAME": model_name, "PATH": path}
     specs = []
     for name, store_url in ((SQLITE_NAME, ""), (POSTGRES_NAME, postgres_url)):
         if name == POSTGRES_NAME and not store_url:
             continue
-        specs.append(driftloop_spec(name, mlflow_uri, model_name, workers, state,
-                                    {"SERVING_STORE_URL": store_url} if store_url else {}))
+        specs.append(
+            driftloop_spec(
+                name,
+                mlflow_tracking_uri,
+                model_name,
+                workers,
+                state,
+                {"SERVING_STORE_URL": store_url} if store_url else {},
+            )
+        )
     port = free_port()
-    specs.append({
-        "name": f"mlflow models serve --workers {workers}", "port": port, "path": "/invocations", "health": "/ping",
-        "body": {"dataframe_split": {"columns": COLUMNS, "data": [ROW]}},
-        "cmd": [_bin("mlflow"), "models", "serve", "-m", f"models:/{model_name}@champion", "--env-manager", "local",
-                "--workers", str(workers), "-h", "127.0.0.1", "-p", str(port)],
-        "env": base_env,
-    })
+    specs.append(
+        {
+            "name": f"mlflow models serve --workers {workers}",
+            "port": port,
+            "path": "/invocations",
+            "health": "/ping",
+            "body": {"dataframe_split": {"columns": COLUMNS, "data": [ROW]}},
+            "cmd": [
+                _bin("mlflow"),
+                "models",
+                "serve",
+                "-m",
+                f"models:/{model_name}@champion",
+                "--env-manager",
+                "local",
+                "--workers",
+                str(workers),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            "env": base_env,
+        }
+    )
     for engine in ("onnx", "sklearn"):
         port = free_port()
-        specs.append({
-            "name": f"minimal Flask+gunicorn, {engine} (ceiling)" if engine == "onnx" else "minimal Flask+gunicorn, sklearn",
-            "port": port, "path": "/predict", "health": "/health", "body": {"features": ROW},
-            "cmd": [_bin("gunicorn"), "-w", str(workers), "-b", f"127.0.0.1:{port}", "bench.minimal_app:create_app()"],
-            "env": {**base_env, "MINIMAL_ENGINE": engine},
-        })
+        specs.append(
+            {
+                "name": f"minimal Flask+gunicorn, {engine} (ceiling)"
+                if engine == "onnx"
+                else "minimal Flask+gunicorn, sklearn",
+                "port": port,
+                "path": "/predict",
+                "health": "/health",
+                "body": {"features": ROW},
+                "cmd": [
+                    _bin("gunicorn"),
+                    "-w",
+                    str(workers),
+                    "-b",
+                    f"127.0.0.1:{port}",
+                    "bench.minimal_app:create_app()",
+                ],
+                "env": {**base_env, "MINIMAL_ENGINE": engine},
+            }
+        )
     return specs
 
 
-def bench_serving(mlflow_uri: str, model_name: str, state: Path, duration_s: int = 20, connections: int = 16,
-                  workers: int = 2) -> list[dict]:
+def bench_serving(
+    mlflow_tracking_uri: str,
+    model_name: str,
+    state: Path,
+    duration_s: int = 20,
+    connections: int = 16,
+    workers: int = 2,
+) -> list[dict]:
     results = []
     postgres = start_local_postgres()  # a real server on this machine, as replicas would share one
     try:
         postgres_url = postgres.create_database("serving_bench")
-        for spec in server_specs(mlflow_uri, model_name, workers, state, postgres_url):
+        for spec in server_specs(mlflow_tracking_uri, model_name, workers, state, postgres_url):
             results.append(_bench_one(spec, state, duration_s, connections, workers))
     finally:
         postgres.destroy()
@@ -100,12 +162,20 @@ def _bench_one(spec: dict, state: Path, duration_s: int, connections: int, worke
         check.raise_for_status()
         with PeakSampler(lambda: pids_in_group(proc.pid)) as memory:
             load = run_load(spec["name"], url + spec["path"], spec["body"], duration_s, connections)
-        row = {**load.as_dict(), "peak_rss_mb": round(memory.peak_mb, 1), "workers": workers,
-               "connections": connections, "duration_s": duration_s}
+        row = {
+            **load.as_dict(),
+            "peak_rss_mb": round(memory.peak_mb, 1),
+            "workers": workers,
+            "connections": connections,
+            "duration_s": duration_s,
+        }
         if spec["path"] == "/predict" and "driftloop" in spec["name"]:
             row["drift_window_samples_after"] = requests.get(url + "/drift/status", timeout=30).json()["samples"]
-        print(f"  {spec['name']}: {load.requests_per_s:.0f} req/s, p50 {load.p50_ms:.2f} ms, "
-              f"p99 {load.p99_ms:.2f} ms, errors {load.errors}, peak RSS {memory.peak_mb:.0f} MB", flush=True)
+        print(
+            f"  {spec['name']}: {load.requests_per_s:.0f} req/s, p50 {load.p50_ms:.2f} ms, "
+            f"p99 {load.p99_ms:.2f} ms, errors {load.errors}, peak RSS {memory.peak_mb:.0f} MB",
+            flush=True,
+        )
         return row
     finally:
         stop_group(proc.pid)
@@ -120,19 +190,33 @@ def postgres_vs_sqlite(rows: list[dict]) -> float | None:
 
 
 # the worker classes compared under faults: this project's default and gunicorn's own
-WORKER_CLASSES = (("buffering (serving/worker.py, default)", "serving.worker.BufferingSyncWorker"),
-                  ("gunicorn sync", "sync"))
+WORKER_CLASSES = (
+    ("buffering (serving/worker.py, default)", "serving.worker.BufferingSyncWorker"),
+    ("gunicorn sync", "sync"),
+)
 
 
-def bench_faults(mlflow_uri: str, model_name: str, state: Path, duration_s: int = 20, workers: int = 2,
-                 connections: int = 64, slow: int = 50) -> dict:
+def bench_faults(
+    mlflow_tracking_uri: str,
+    model_name: str,
+    state: Path,
+    duration_s: int = 20,
+    workers: int = 2,
+    connections: int = 64,
+    slow: int = 50,
+) -> dict:
     """64-connection load and /health under slow clients, for each worker class in WORKER_CLASSES."""
     load, slow_rows = [], []
     for label, worker_class in WORKER_CLASSES:
-        load.append(load_recorded(mlflow_uri, model_name, state, label, worker_class, duration_s, connections, workers))
+        load.append(
+            load_recorded(mlflow_tracking_uri, model_name, state, label, worker_class, duration_s, connections, workers)
+        )
     for label, worker_class in WORKER_CLASSES:
-        slow_rows.append(health_under_slow_clients(mlflow_uri, model_name, state, label, worker_class, slow,
-                                                   duration_s, workers))
+        slow_rows.append(
+            health_under_slow_clients(
+                mlflow_tracking_uri, model_name, state, label, worker_class, slow, duration_s, workers
+            )
+        )
     return {"load": load, "slow_clients": slow_rows}
 
 
@@ -153,11 +237,25 @@ def _started(spec: dict, state: Path):
     return proc
 
 
-def load_recorded(mlflow_uri: str, model_name: str, state: Path, label: str, worker_class: str,
-                  duration_s: int = 20, connections: int = 64, workers: int = 2) -> dict:
+def load_recorded(
+    mlflow_tracking_uri: str,
+    model_name: str,
+    state: Path,
+    label: str,
+    worker_class: str,
+    duration_s: int = 20,
+    connections: int = 64,
+    workers: int = 2,
+) -> dict:
     """wrk at `connections` connections on POST /predict; answered (2xx) vs window rows recorded."""
-    spec = driftloop_spec(f"driftloop /predict, {label}", mlflow_uri, model_name, workers, state,
-                          {"GUNICORN_WORKER_CLASS": worker_class})
+    spec = driftloop_spec(
+        f"driftloop /predict, {label}",
+        mlflow_tracking_uri,
+        model_name,
+        workers,
+        state,
+        {"GUNICORN_WORKER_CLASS": worker_class},
+    )
     url = f"http://127.0.0.1:{spec['port']}"
     proc = _started(spec, state)
     try:
@@ -171,19 +269,38 @@ def load_recorded(mlflow_uri: str, model_name: str, state: Path, label: str, wor
         recorded = _window_row_ids(db) - before
     finally:
         stop_group(proc.pid)
-    row = {**load.as_dict(), "worker_class": worker_class, "connections": connections, "workers": workers,
-           "duration_s": duration_s, "answered": load.requests - load.non_2xx, "recorded": recorded}
-    print(f"  {spec['name']}, {connections} connections: {load.requests_per_s:.0f} req/s, p99 {load.p99_ms:.2f} ms, "
-          f"errors {load.errors}, answered {row['answered']}, recorded {recorded}", flush=True)
+    row = {
+        **load.as_dict(),
+        "worker_class": worker_class,
+        "connections": connections,
+        "workers": workers,
+        "duration_s": duration_s,
+        "answered": load.requests - load.non_2xx,
+        "recorded": recorded,
+    }
+    print(
+        f"  {spec['name']}, {connections} connections: {load.requests_per_s:.0f} req/s, p99 {load.p99_ms:.2f} ms, "
+        f"errors {load.errors}, answered {row['answered']}, recorded {recorded}",
+        flush=True,
+    )
     return row
 
 
-def health_under_slow_clients(mlflow_uri: str, model_name: str, state: Path, label: str, worker_class: str,
-                              slow: int = 50, duration_s: int = 20, workers: int = 2) -> dict:
+def health_under_slow_clients(
+    mlflow_tracking_uri: str,
+    model_name: str,
+    state: Path,
+    label: str,
+    worker_class: str,
+    slow: int = 50,
+    duration_s: int = 20,
+    workers: int = 2,
+) -> dict:
     """/health probed every 0.5 s (new connection, 2 s timeout) while `slow` connections send their
     headers a byte every 0.5 s (replaced when the server drops one), default header timeout (10 s)."""
-    spec = driftloop_spec(f"driftloop, {label}", mlflow_uri, model_name, workers, state,
-                          {"GUNICORN_WORKER_CLASS": worker_class})
+    spec = driftloop_spec(
+        f"driftloop, {label}", mlflow_tracking_uri, model_name, workers, state, {"GUNICORN_WORKER_CLASS": worker_class}
+    )
     proc = _started(spec, state)
     try:
         with SlowClients("127.0.0.1", spec["port"], n=slow, interval=0.5) as clients:
@@ -192,9 +309,21 @@ def health_under_slow_clients(mlflow_uri: str, model_name: str, state: Path, lab
             answers, reconnects = dict(clients.answers), clients.reconnects
     finally:
         stop_group(proc.pid)
-    row = {"name": spec["name"], "worker_class": worker_class, "slow_connections": slow, "duration_s": duration_s,
-           "probes": result.probes, "ok": result.ok, "success_rate": round(result.success_rate, 4),
-           "failures": dict(result.failures), "slow_answers": answers, "slow_reconnects": reconnects}
-    print(f"  {spec['name']}: /health {result.ok}/{result.probes} within 2 s under {slow} slow connections "
-          f"({result.success_rate:.0%}); slow clients answered {answers}", flush=True)
+    row = {
+        "name": spec["name"],
+        "worker_class": worker_class,
+        "slow_connections": slow,
+        "duration_s": duration_s,
+        "probes": result.probes,
+        "ok": result.ok,
+        "success_rate": round(result.success_rate, 4),
+        "failures": dict(result.failures),
+        "slow_answers": answers,
+        "slow_reconnects": reconnects,
+    }
+    print(
+        f"  {spec['name']}: /health {result.ok}/{result.probes} within 2 s under {slow} slow connections "
+        f"({result.success_rate:.0%}); slow clients answered {answers}",
+        flush=True,
+    )
     return row

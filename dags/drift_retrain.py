@@ -13,37 +13,45 @@ Every six hours (and whenever you trigger it) this DAG:
    (`kfp_components/retrain_pipeline.yaml`) on the backend of connection `kfp_default`
    (`local`: kfp.local runner on this machine; `kfp`: a Kubeflow Pipelines API) and waits for it
    *deferred*, without holding a worker slot. The run name is derived from this DAG run, so a retried
-   task finds its own run instead of starting a second one. The run id is in XCom (`run_id`).
+   task finds its own run instead of starting a second one. The KFP run id is in XCom (`run_id`); the
+   task's *KFP run* button opens the run.
 5. **confirm_champion** reads what the pipeline decided: a *rejected* candidate is a successful run
    (the reason is logged and returned); an *accepted* one must show up as the version the serving
    app's `GET /model/info` reports.
 
 **Trigger by hand**: the UI's *Trigger* button opens a form with every parameter (tick `force` to
-skip the drift check; `data_uri`, `feedback_url`, `mlflow_uri` and `serving_url` may stay empty = their
+skip the drift check; `data_uri`, `feedback_url`, `mlflow_tracking_uri` and `serving_url` may stay empty = their
 default), or the REST API / CLI: `airflow dags trigger drift_retrain --conf '{"force": true}'`.
 Every pipeline parameter can be set the same way, e.g. `{"force": true, "min_accuracy": 0.95}`.
 
 A failure logs one line starting with `ALERT` (and posts it to the webhook connection named by
 `$DRIFT_RETRAIN_ALERT_CONN_ID`, if set). Connections, defaults and troubleshooting: `docs/airflow.md`.
 """
+
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
+from typing import Any
 
 import pendulum
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Param, dag, task
 
-from airflow_kfp_provider.alerts import failure_alert
 from airflow_kfp_provider.operators.kfp import KfpRunPipelineOperator
-from airflow_kfp_provider.sensors.drift import DriftStatusSensor
-from airflow_kfp_provider.settings import (
+from driftloop.contract import DAG_ID, DEFAULT_MODEL_NAME
+from driftloop.retrain.alerts import failure_alert
+from driftloop.retrain.drift import DriftStatusSensor
+from driftloop.retrain.settings import (
     KFP_CONN_ID,
     SERVING_CONN_ID,
     mlflow_tracking_uri,
     param_default,
+    pipeline_package,
     serving_base_url,
 )
+
+log = logging.getLogger(__name__)
 
 D = param_default  # defaults can be overridden with $DRIFT_RETRAIN_<NAME> (read from the environment only)
 
@@ -56,41 +64,89 @@ OPTIONAL_STRING = ["null", "string"]
 
 #: The pipeline's parameters (docs/contracts.md), with the DAG's defaults. run_tag is set by the operator.
 PIPELINE_PARAMS = {
-    "data_uri": Param(D("data_uri", None), type=OPTIONAL_STRING,
-                      description="Training data: CSV/Parquet path or URL. Empty = the bundled iris data."),
-    "label_column": Param(D("label_column", "target"), type="string", minLength=1,
-                          description="Name of the label column in the training data."),
-    "feedback_url": Param(D("feedback_url", None), type=OPTIONAL_STRING,
-                          description="URL of labelled feedback rows to train on as well "
-                                      "(the serving app's /feedback/export). Empty = none."),
-    "mlflow_uri": Param(D("mlflow_uri", None), type=OPTIONAL_STRING,
-                        description="MLflow tracking URI the pipeline uses. Empty = $MLFLOW_TRACKING_URI of "
-                                    "the Airflow worker, else http://127.0.0.1:5000."),
-    "experiment_name": Param(D("experiment_name", "retrain"), type="string", minLength=1,
-                             description="MLflow experiment of the training runs."),
-    "model_name": Param(D("model_name", "iris-model"), type="string", minLength=1,
-                        description="Registered model name; the served version has alias 'champion'."),
-    "min_accuracy": Param(D("min_accuracy", 0.9), type="number", minimum=0, maximum=1,
-                          description="A candidate below this held-out accuracy is rejected."),
-    "tolerance": Param(D("tolerance", 0.0), type="number", minimum=0,
-                       description="How much worse than the current champion a candidate may be."),
-    "n_estimators": Param(D("n_estimators", 100), type="integer", minimum=1,
-                          description="RandomForest: number of trees."),
-    "max_depth": Param(D("max_depth", 0), type="integer", minimum=0,
-                       description="RandomForest: maximum depth, 0 = unlimited."),
+    "data_uri": Param(
+        D("data_uri", None),
+        type=OPTIONAL_STRING,
+        description="Training data: CSV/Parquet path or URL. Empty = the bundled iris data.",
+    ),
+    "label_column": Param(
+        D("label_column", "target"),
+        type="string",
+        minLength=1,
+        description="Name of the label column in the training data.",
+    ),
+    "feedback_url": Param(
+        D("feedback_url", None),
+        type=OPTIONAL_STRING,
+        description="URL of labelled feedback rows to train on as well "
+        "(the serving app's /feedback/export). Empty = none.",
+    ),
+    "mlflow_tracking_uri": Param(
+        D("mlflow_tracking_uri", None),
+        type=OPTIONAL_STRING,
+        description="MLflow tracking URI the pipeline uses. Empty = "
+        "$MLFLOW_TRACKING_URI of the Airflow worker, else http://127.0.0.1:5000.",
+    ),
+    "experiment_name": Param(
+        D("experiment_name", "retrain"),
+        type="string",
+        minLength=1,
+        description="MLflow experiment of the training runs.",
+    ),
+    "model_name": Param(
+        D("model_name", DEFAULT_MODEL_NAME),
+        type="string",
+        minLength=1,
+        description="Registered model name; the served version has alias 'champion'.",
+    ),
+    "min_accuracy": Param(
+        D("min_accuracy", 0.9),
+        type="number",
+        minimum=0,
+        maximum=1,
+        description="A candidate below this held-out accuracy is rejected.",
+    ),
+    "tolerance": Param(
+        D("tolerance", 0.0),
+        type="number",
+        minimum=0,
+        description="How much worse than the current champion a candidate may be.",
+    ),
+    "n_estimators": Param(
+        D("n_estimators", 100), type="integer", minimum=1, description="RandomForest: number of trees."
+    ),
+    "max_depth": Param(
+        D("max_depth", 0), type="integer", minimum=0, description="RandomForest: maximum depth, 0 = unlimited."
+    ),
     "random_state": Param(D("random_state", 42), type="integer", description="Seed."),
-    "test_size": Param(D("test_size", 0.2), type="number", exclusiveMinimum=0, exclusiveMaximum=1,
-                       description="Held-out fraction for validation."),
-    "deploy_target": Param(D("deploy_target", "local"), type="string", enum=["local", "kubernetes", "none"],
-                           description="local: reload the serving app; kubernetes: roll its Deployment; "
-                                       "none: register only."),
-    "serving_url": Param(D("serving_url", None), type=OPTIONAL_STRING,
-                         description="Serving app URL for the deploy step. Empty = the URL of connection "
-                                     f"'{SERVING_CONN_ID}'."),
-    "k8s_namespace": Param(D("k8s_namespace", "mlops"), type="string",
-                           description="deploy_target=kubernetes: namespace of the serving Deployment."),
-    "k8s_deployment": Param(D("k8s_deployment", "ml-api"), type="string",
-                            description="deploy_target=kubernetes: name of the serving Deployment."),
+    "test_size": Param(
+        D("test_size", 0.2),
+        type="number",
+        exclusiveMinimum=0,
+        exclusiveMaximum=1,
+        description="Held-out fraction for validation.",
+    ),
+    "deploy_target": Param(
+        D("deploy_target", "local"),
+        type="string",
+        enum=["local", "kubernetes", "none"],
+        description="local: reload the serving app; kubernetes: roll its Deployment; none: register only.",
+    ),
+    "serving_url": Param(
+        D("serving_url", None),
+        type=OPTIONAL_STRING,
+        description=f"Serving app URL for the deploy step. Empty = the URL of connection '{SERVING_CONN_ID}'.",
+    ),
+    "k8s_namespace": Param(
+        D("k8s_namespace", "mlops"),
+        type="string",
+        description="deploy_target=kubernetes: namespace of the serving Deployment.",
+    ),
+    "k8s_deployment": Param(
+        D("k8s_deployment", "ml-api"),
+        type="string",
+        description="deploy_target=kubernetes: name of the serving Deployment.",
+    ),
 }
 
 #: The params that may be left empty (None or ""): the pipeline then uses its own default.
@@ -99,10 +155,9 @@ OPTIONAL_PARAMS = frozenset(name for name, p in PIPELINE_PARAMS.items() if p.sch
 #: How each pipeline parameter is filled in when the task runs (strings; the operator converts them to
 #: the types the compiled pipeline declares). An empty optional param renders as "" (never "None").
 PIPELINE_ARGUMENTS = {
-    name: ("{{ params.%s or '' }}" if name in OPTIONAL_PARAMS else "{{ params.%s }}") % name
-    for name in PIPELINE_PARAMS
+    name: ("{{ params.%s or '' }}" if name in OPTIONAL_PARAMS else "{{ params.%s }}") % name for name in PIPELINE_PARAMS
 }
-PIPELINE_ARGUMENTS["mlflow_uri"] = "{{ params.mlflow_uri or mlflow_tracking_uri() }}"
+PIPELINE_ARGUMENTS["mlflow_tracking_uri"] = "{{ params.mlflow_tracking_uri or mlflow_tracking_uri() }}"
 PIPELINE_ARGUMENTS["serving_url"] = "{{ params.serving_url or serving_base_url() }}"
 
 FORCE_HELP = (
@@ -112,7 +167,7 @@ FORCE_HELP = (
 
 
 @dag(
-    dag_id="drift_retrain",
+    dag_id=DAG_ID,
     description="Retrain through Kubeflow Pipelines when the serving app reports drift (or when forced).",
     doc_md=__doc__,
     schedule="0 */6 * * *",
@@ -122,11 +177,14 @@ FORCE_HELP = (
     dagrun_timeout=timedelta(hours=4),
     tags=["mlops", "drift", "kfp", "retrain"],
     params={
-        "force": Param(D("force", False), type="boolean",
-                       description="Retrain without checking for drift first."),
+        "force": Param(D("force", False), type="boolean", description="Retrain without checking for drift first."),
         **PIPELINE_PARAMS,
     },
-    user_defined_macros={"mlflow_tracking_uri": mlflow_tracking_uri, "serving_base_url": serving_base_url},
+    user_defined_macros={
+        "mlflow_tracking_uri": mlflow_tracking_uri,
+        "serving_base_url": serving_base_url,
+        "pipeline_package": pipeline_package,
+    },
     on_failure_callback=failure_alert,
     default_args={
         "owner": "mlops",
@@ -134,9 +192,9 @@ FORCE_HELP = (
         "on_failure_callback": failure_alert,
     },
 )
-def drift_retrain():
+def drift_retrain() -> None:
     @task.branch(task_id="check_params")
-    def check_params(params: dict | None = None) -> str:
+    def check_params(params: dict[str, Any] | None = None) -> str:
         """Fail on a non-boolean force (nothing submitted); choose the drift check or the forced path."""
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -147,7 +205,7 @@ def drift_retrain():
                 f"({type(force).__name__}); nothing was submitted. Fix: {FORCE_HELP}"
             )
         if force:
-            print("force=true: skipping the drift check; the pipeline is submitted now.")
+            log.info("force=true: skipping the drift check; the pipeline is submitted now.")
             return "force_retrain"
         return "check_drift"
 
@@ -163,8 +221,12 @@ def drift_retrain():
     submit_retrain = KfpRunPipelineOperator(
         task_id="submit_retrain",
         kfp_conn_id=KFP_CONN_ID,
+        # $KFP_PIPELINE_PACKAGE, else kfp_components/retrain_pipeline.yaml (resolved when the task runs)
+        pipeline_package="{{ pipeline_package() }}",
         pipeline_params=PIPELINE_ARGUMENTS,
+        # the pipeline tags its MLflow run with the run name (retrain_run), so the outcome can be found
         run_name_param="run_tag",
+        deferrable=True,
         poll_interval=float(param_default("poll_interval", 15.0)),
         timeout=timedelta(hours=2),
         # Runs when exactly one path before it succeeded: after drift was found, or when forced.
@@ -175,21 +237,21 @@ def drift_retrain():
     )
 
     @task(task_id="confirm_champion")
-    def confirm_champion(run: dict, params: dict | None = None) -> dict:
+    def confirm_champion(run: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
         """What did the pipeline decide, and does the serving app serve the new champion?"""
-        from airflow_kfp_provider.champion import confirm_champion as confirm
+        from driftloop.retrain.champion import confirm_champion as confirm
 
         params = params or {}
         return confirm(
             run,
             http_conn_id=SERVING_CONN_ID,
-            model_name=params.get("model_name", "iris-model"),
+            model_name=params.get("model_name", DEFAULT_MODEL_NAME),
             deploy_target=params.get("deploy_target", "local"),
-            mlflow_uri=params.get("mlflow_uri") or mlflow_tracking_uri(),
+            mlflow_tracking_uri=params.get("mlflow_tracking_uri") or mlflow_tracking_uri(),
         )
 
     check_params() >> [check_drift, force_retrain] >> submit_retrain
-    confirm_champion(submit_retrain.output)
+    confirm_champion(submit_retrain.output)  # type: ignore[arg-type]  # an XComArg, resolved at run time
 
 
 drift_retrain()

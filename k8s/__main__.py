@@ -3,12 +3,14 @@
 Exit status 0 when every part rendered, every object validated (Kubernetes 1.33 and 1.35, strict) and
 every wiring check passed; 1 otherwise, with one line per problem naming the object or setting.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 import time
 
+from driftloop.logs import configure_logging
 from k8s import paths
 from k8s.render import PARTS, RenderError, Sources, render_part
 from k8s.tools import HELM_VERSION, KUBECTL_VERSION, ToolsError, ensure_tools
@@ -20,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m k8s", description=__doc__.splitlines()[0])
     ap.add_argument("-v", "--verbose", action="store_true", help="also list what each wiring check verified")
     args = ap.parse_args(argv)
+    configure_logging()
     t0 = time.monotonic()
     out = sys.stdout
     try:
@@ -39,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAILED    render {exc}", file=sys.stderr)
             continue
         parts[name] = part
-        print(f"rendered  {paths.rel(part.path):24} {len(part.docs):3} objects  {part.seconds:5.2f} s", file=out)
+        where = paths.rel(part.path) if part.path else name
+        print(f"rendered  {where:24} {len(part.docs):3} objects  {part.seconds:5.2f} s", file=out)
 
     t1 = time.monotonic()
     errors, warnings, count = validate_parts(parts)
@@ -47,8 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning   {w}", file=out)
     for e in errors:
         print(f"INVALID   {e}", file=sys.stderr)
-    print(f"validated {count} objects against Kubernetes {', '.join(VERSIONS)} (strict): {len(errors)} errors, "
-          f"{len(warnings)} warnings  {time.monotonic() - t1:5.2f} s", file=out)
+    print(
+        f"validated {count} objects against Kubernetes {', '.join(VERSIONS)} (strict): {len(errors)} errors, "
+        f"{len(warnings)} warnings  {time.monotonic() - t1:5.2f} s",
+        file=out,
+    )
 
     problems = 0
     if failed:
@@ -67,8 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"checked   wiring  {time.monotonic() - t2:5.2f} s", file=out)
 
     ok = not failed and not errors and not problems
-    print(f"{'OK' if ok else 'FAILED'}        build/k8s/{{{','.join(PARTS)}}}.yaml  total {time.monotonic() - t0:.1f} s",
-          file=out if ok else sys.stderr)
+    built = f"build/k8s/{{{','.join(PARTS)}}}.yaml"
+    print(
+        f"{'OK' if ok else 'FAILED'}        {built}  total {time.monotonic() - t0:.1f} s",
+        file=out if ok else sys.stderr,
+    )
     return 0 if ok else 1
 
 

@@ -1,11 +1,16 @@
 """Small helpers over rendered Kubernetes objects (plain dicts)."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import yaml
+
+#: A rendered Kubernetes object, or a mapping inside one (YAML as loaded).
+Obj = dict[str, Any]
 
 try:  # libyaml is several times faster on the ~10k lines of the renders
     Loader = yaml.CSafeLoader
@@ -21,33 +26,36 @@ class Part:
 
     name: str
     namespace: str  # release namespace: the namespace of objects that do not name one
-    docs: list[dict]
+    docs: list[Obj]
     path: Path | None = None
     seconds: float = 0.0
 
-    def ns(self, doc: dict) -> str:
+    def ns(self, doc: Obj) -> str:
         return (doc.get("metadata") or {}).get("namespace") or self.namespace
 
-    def label(self, doc: dict) -> str:
+    def label(self, doc: Obj) -> str:
         """The "Kind namespace/name" of `doc`, with the release namespace when it names none."""
         return f"{doc.get('kind')} {self.ns(doc)}/{(doc.get('metadata') or {}).get('name')}"
 
-    def of_kind(self, *kinds: str) -> list[dict]:
+    def of_kind(self, *kinds: str) -> list[Obj]:
         return [d for d in self.docs if d.get("kind") in kinds]
 
-    def get(self, kind: str, name: str, namespace: str | None = None) -> dict | None:
+    def get(self, kind: str, name: str, namespace: str | None = None) -> Obj | None:
         for d in self.docs:
-            if d.get("kind") == kind and d["metadata"].get("name") == name and (
-                    namespace is None or self.ns(d) == namespace):
+            if (
+                d.get("kind") == kind
+                and d["metadata"].get("name") == name
+                and (namespace is None or self.ns(d) == namespace)
+            ):
                 return d
         return None
 
 
-def load_all(text: str) -> list[dict]:
+def load_all(text: str) -> list[Obj]:
     return [d for d in yaml.load_all(text, Loader=Loader) if isinstance(d, dict) and d]
 
 
-def embedded_objects(doc: dict) -> Iterator[tuple[str, dict]]:
+def embedded_objects(doc: Obj) -> Iterator[tuple[str, Obj]]:
     """Objects carried as YAML text inside a ConfigMap (the Airflow chart's pod_template_file.yaml,
     the Pod spec of every KubernetesExecutor task pod), as (label, object)."""
     if doc.get("kind") != "ConfigMap":
@@ -59,7 +67,7 @@ def embedded_objects(doc: dict) -> Iterator[tuple[str, dict]]:
                     yield f"{doc['metadata']['name']}/{key}", obj
 
 
-def pod_spec(doc: dict) -> dict | None:
+def pod_spec(doc: Obj) -> Obj | None:
     kind = doc.get("kind")
     spec = doc.get("spec") or {}
     if kind == "Pod":
@@ -71,7 +79,7 @@ def pod_spec(doc: dict) -> dict | None:
     return None
 
 
-def pod_labels(doc: dict) -> dict:
+def pod_labels(doc: Obj) -> Obj:
     kind = doc.get("kind")
     if kind == "Pod":
         return (doc.get("metadata") or {}).get("labels") or {}
@@ -80,7 +88,7 @@ def pod_labels(doc: dict) -> dict:
     return {}
 
 
-def workloads(part: Part, embedded: bool = True) -> Iterator[tuple[str, dict, dict]]:
+def workloads(part: Part, embedded: bool = True) -> Iterator[tuple[str, Obj, Obj]]:
     """(label, object, pod spec) of every object that runs pods, including embedded pod templates."""
     for doc in part.docs:
         spec = pod_spec(doc)
@@ -91,11 +99,11 @@ def workloads(part: Part, embedded: bool = True) -> Iterator[tuple[str, dict, di
                 yield f"Pod template {label}", obj, obj.get("spec") or {}
 
 
-def containers(spec: dict, init: bool = True) -> Iterator[tuple[dict, bool]]:
-    """(container, is_init) of a pod spec."""
+def containers(spec: Obj | None, init: bool = True) -> Iterator[tuple[Obj, bool]]:
+    """(container, is_init) of a pod spec (none of None: an object that runs no pods)."""
+    spec = spec or {}
     if init:
         for c in spec.get("initContainers") or []:
             yield c, True
     for c in spec.get("containers") or []:
         yield c, False
-

@@ -1,4 +1,5 @@
 """Where things are: the repository, its build directory, the upstream packages in ../shared/k8s/."""
+
 from __future__ import annotations
 
 import os

@@ -4,13 +4,14 @@
 | --- | --- |
 | airflow.yaml | `helm template airflow ../shared/k8s/airflow-1.22.0.tgz -n airflow -f helm-values/airflow.yaml` |
 | mlflow.yaml | `helm template mlflow ../shared/k8s/mlflow-1.11.5.tgz -n mlops -f helm-values/mlflow.yaml` |
-| kfp.yaml | `kubectl kustomize k8s/kfp` (the overlay references build/kfp-2.17.0/, extracted from ../shared/k8s/kfp-2.17.0-offline.tgz) |
+| kfp.yaml | `kubectl kustomize k8s/kfp` (overlay on build/kfp-2.17.0/ = ../shared/k8s/kfp-2.17.0-offline.tgz) |
 | serving.yaml | `helm template ml-api serving/chart -n mlops -f helm-values/serving.yaml` |
 
 helm applies each chart's values.schema.json (a wrong type or an unknown key under a section the
 schema closes fails with the schema's message naming the key); on top of that, a top-level key the
 chart's schema does not know fails here (the Airflow chart's schema leaves the top level open).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,13 +23,14 @@ import shutil
 import subprocess
 import tarfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from k8s import paths
-from k8s.objects import Part, load_all
+from k8s.objects import Obj, Part, load_all
 from k8s.paths import rel
 from k8s.tools import ensure_tools, helm_env
 
@@ -111,27 +113,47 @@ def render_part(name: str, src: Sources | None = None, write: bool = True) -> Pa
 
 # --- helm -------------------------------------------------------------------------------------------
 
+
 def helm_template(r: HelmRelease) -> str:
     if r.part == "serving" and not (r.chart / "Chart.yaml").is_file():
-        raise RenderError(r.part, f"{rel(r.chart / 'Chart.yaml')} is missing: the serving app's own Helm chart "
-                                  f"(release {r.release}, namespace {r.namespace}) must exist before serving.yaml "
-                                  "can be rendered")
+        raise RenderError(
+            r.part,
+            f"{rel(r.chart / 'Chart.yaml')} is missing: the serving app's own Helm chart "
+            f"(release {r.release}, namespace {r.namespace}) must exist before serving.yaml "
+            "can be rendered",
+        )
     if not Path(r.chart).exists():
-        raise RenderError(r.part, f"chart {r.chart} not found (upstream packages are read from "
-                                  f"{rel(paths.SHARED)}; set DRIFTLOOP_SHARED_K8S to use another directory)")
+        raise RenderError(
+            r.part,
+            f"chart {r.chart} not found (upstream packages are read from "
+            f"{rel(paths.SHARED)}; set DRIFTLOOP_SHARED_K8S to use another directory)",
+        )
     if not r.values.is_file():
         raise RenderError(r.part, f"values file {rel(r.values)} not found")
     check_top_level_keys(r)
-    cmd = [str(ensure_tools()["helm"]), "template", r.release, str(r.chart), "--namespace", r.namespace,
-           "--values", str(r.values), "--kube-version", KUBE_VERSION]
+    cmd = [
+        str(ensure_tools()["helm"]),
+        "template",
+        r.release,
+        str(r.chart),
+        "--namespace",
+        r.namespace,
+        "--values",
+        str(r.values),
+        "--kube-version",
+        KUBE_VERSION,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=helm_env(), cwd=paths.REPO)
     if proc.returncode != 0:
-        raise RenderError(r.part, f"helm template {r.release} {rel(r.chart)} -n {r.namespace} -f {rel(r.values)} "
-                                  f"failed:\n{proc.stderr.strip()}")
+        raise RenderError(
+            r.part,
+            f"helm template {r.release} {rel(r.chart)} -n {r.namespace} -f {rel(r.values)} "
+            f"failed:\n{proc.stderr.strip()}",
+        )
     return proc.stdout
 
 
-def chart_schema(chart: Path) -> dict | None:
+def chart_schema(chart: Path) -> Obj | None:
     """The chart's values.schema.json (from a chart directory or a packaged .tgz), or None."""
     chart = Path(chart)
     if chart.is_dir():
@@ -141,7 +163,11 @@ def chart_schema(chart: Path) -> dict | None:
         for m in tgz.getmembers():
             parts = m.name.split("/")
             if len(parts) == 2 and parts[1] == "values.schema.json":
-                return json.load(tgz.extractfile(m))
+                extracted = tgz.extractfile(m)
+                if extracted is None:
+                    return None
+                schema: Obj = json.load(extracted)
+                return schema
     return None
 
 
@@ -158,11 +184,15 @@ def check_top_level_keys(r: HelmRelease) -> None:
         raise RenderError(r.part, f"{rel(r.values)}: values must be a mapping, got {type(values).__name__}")
     unknown = sorted(set(values) - set(schema["properties"]))
     if unknown:
-        raise RenderError(r.part, f"{rel(r.values)}: unknown top-level key(s) {', '.join(map(repr, unknown))}: "
-                                  f"not in the values.schema.json of {rel(r.chart)}")
+        raise RenderError(
+            r.part,
+            f"{rel(r.values)}: unknown top-level key(s) {', '.join(map(repr, unknown))}: "
+            f"not in the values.schema.json of {rel(r.chart)}",
+        )
 
 
 # --- kustomize --------------------------------------------------------------------------------------
+
 
 def render_kfp(src: Sources) -> str:
     ensure_kfp_tree(src.kfp_archive)
@@ -176,7 +206,7 @@ def render_kfp(src: Sources) -> str:
 
 
 @contextlib.contextmanager
-def _lock(path: Path):
+def _lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

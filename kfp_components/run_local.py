@@ -1,87 +1,57 @@
-"""Run the compiled pipeline once on KFP's embedded runner (`make retrain`, and the Airflow hook's
-`local` backend): `python -m kfp_components.run_local [--yaml PATH] [--param name=value ...]`.
+"""Run the compiled retrain pipeline once on KFP's embedded runner (`make retrain`, and the runner of the
+Airflow connection's `local` backend):
 
-Exit status 0 when the pipeline ran to its end (a rejected candidate is a valid end), 1 when a step
-failed, 2 for bad arguments. The last line printed is `OUTCOME {json}`.
+`python -m kfp_components.run_local [--yaml PATH] [--param name=value ...] [--outcome-file PATH]`
+
+Parameters are checked and converted by the provider's one coercion (`airflow_kfp_provider.pipeline_spec`,
+through `airflow_kfp_provider.local_runner`). Exit status 0 when the pipeline ran to its end (a rejected
+candidate is a valid end), 1 when a step failed, 2 for bad arguments. The outcome (`run_tag`, `state`,
+`decision`, `reason`, `registered_version`, `mlflow_run_id`, or `error`) is written as a JSON
+object to `--outcome-file` (default: `$KFP_RUN_OUTCOME_FILE`, which the local backend sets to
+`outcome.json` in the run's directory); a one-line summary is printed for people.
 """
+
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
+import logging
 import os
 import re
 import sys
 import uuid
-import warnings
 from pathlib import Path
+from typing import Any, TextIO
 
-import yaml
-
+from airflow_kfp_provider.local_runner import build_parser, parse_params, run_pipeline
+from airflow_kfp_provider.local_runs import OUTCOME_FILE_ENV
+from airflow_kfp_provider.pipeline_spec import PipelineSpecError, load_pipeline_spec, pipeline_parameters
+from driftloop.contract import DEFAULT_MODEL_NAME
+from driftloop.logs import configure_logging
 from kfp_components.compile import COMPILED_PIPELINE
 
+log = logging.getLogger(__name__)
+
 STEP_ERROR = re.compile(r"StepError: (.+)$")
-TYPES = {"STRING": str, "NUMBER_INTEGER": int, "NUMBER_DOUBLE": float, "BOOLEAN": bool}
-
-
-class UsageError(Exception):
-    pass
-
-
-def pipeline_parameters(yaml_path: Path) -> dict[str, dict]:
-    """The pipeline's declared inputs: name -> {'parameterType', 'defaultValue', ...}."""
-    if not yaml_path.is_file():
-        raise UsageError(f"compiled pipeline {yaml_path} not found; run `make compile`")
-    # the PipelineSpec document; a second document is the platform spec (kfp-kubernetes: the Secret
-    # the step pods read on a cluster), which KFP's local runner ignores
-    docs = list(yaml.safe_load_all(yaml_path.read_text()))
-    spec = next((d for d in docs if isinstance(d, dict) and "root" in d), None)
-    try:
-        return spec["root"]["inputDefinitions"]["parameters"]
-    except (KeyError, TypeError) as exc:
-        raise UsageError(f"{yaml_path} is not a compiled KFP pipeline (no root.inputDefinitions)") from exc
-
-
-def convert(name: str, value: str, declared: dict) -> object:
-    kind = TYPES.get(declared.get("parameterType", "STRING"), str)
-    if kind is bool:
-        if value.lower() in ("true", "1", "yes"):
-            return True
-        if value.lower() in ("false", "0", "no"):
-            return False
-        raise UsageError(f"parameter {name}={value!r}: not a boolean")
-    try:
-        return kind(value)
-    except ValueError as exc:
-        raise UsageError(f"parameter {name}={value!r}: not {'an integer' if kind is int else 'a number'}") from exc
-
-
-def parse_params(pairs: list[str], declared: dict[str, dict]) -> dict[str, object]:
-    params = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep:
-            raise UsageError(f"--param {pair!r}: expected name=value")
-        if name not in declared:
-            raise UsageError(f"--param {name}: unknown parameter; the pipeline takes {', '.join(sorted(declared))}")
-        params[name] = convert(name, value, declared[name])
-    return params
+MLFLOW_PARAM = "mlflow_tracking_uri"
 
 
 class Tee:
     """Copy of everything the runner prints (the steps' output included), to find the step's error."""
 
-    def __init__(self, stream):
-        self.stream, self.lines, self._partial = stream, [], ""
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.lines: list[str] = []
+        self._partial = ""
 
-    def write(self, text):
+    def write(self, text: str) -> int:
         self.stream.write(text)
         self._partial += text
         *done, self._partial = self._partial.split("\n")
         self.lines.extend(done)
         return len(text)
 
-    def flush(self):
+    def flush(self) -> None:
         self.stream.flush()
 
 
@@ -93,58 +63,62 @@ def step_error(lines: list[str]) -> str | None:
     return None
 
 
-def run_pipeline(yaml_path: Path, params: dict, pipeline_root: Path) -> None:
-    from kfp import components, local
-
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
-    pipeline = components.load_component_from_file(str(yaml_path))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        pipeline(**params)
+def write_outcome(path: str | os.PathLike[str] | None, outcome: dict[str, Any]) -> None:
+    if not path:
+        return
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(outcome, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--yaml", type=Path, default=COMPILED_PIPELINE, help="compiled pipeline (default: %(default)s)")
-    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
-    parser.add_argument("--pipeline-root", type=Path,
-                        default=Path(os.environ.get("KFP_LOCAL_PIPELINE_ROOT", ".stack/kfp-local")))
+    configure_logging()
+    parser = build_parser(__doc__, default_yaml=str(COMPILED_PIPELINE))
+    parser.set_defaults(pipeline_root=Path(os.environ.get("KFP_LOCAL_PIPELINE_ROOT", ".stack/kfp-local")))
+    parser.add_argument(
+        "--outcome-file",
+        default=os.environ.get(OUTCOME_FILE_ENV),
+        help=f"write the outcome here as JSON (default: ${OUTCOME_FILE_ENV})",
+    )
     args = parser.parse_args(argv)
     try:
-        declared = pipeline_parameters(args.yaml)
-        params = parse_params(args.param, declared)
-    except UsageError as exc:
+        params = parse_params(args.yaml, args.param)
+        declared = pipeline_parameters(load_pipeline_spec(args.yaml))
+    except PipelineSpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not params.get("run_tag"):
-        params["run_tag"] = f"retrain-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    mlflow_uri = params.get("mlflow_uri", declared["mlflow_uri"].get("defaultValue"))
-    args.pipeline_root.mkdir(parents=True, exist_ok=True)
+        params["run_tag"] = f"retrain-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    mlflow_tracking_uri = params.get(MLFLOW_PARAM, (declared.get(MLFLOW_PARAM) or {}).get("default"))
 
     tee = Tee(sys.stdout)
     failure = None
-    real_stdout, sys.stdout = sys.stdout, tee
+    real_stdout, sys.stdout = sys.stdout, tee  # type: ignore[assignment]
     try:
-        run_pipeline(args.yaml, params, args.pipeline_root.resolve())
+        run_pipeline(args.yaml, params, args.pipeline_root)
     except Exception as exc:  # the local runner raises RuntimeError naming the failed task
         failure = step_error(tee.lines) or str(exc)
     finally:
         sys.stdout = real_stdout
 
-    outcome: dict = {"run_tag": params["run_tag"], "state": "FAILED" if failure else "SUCCEEDED"}
+    outcome: dict[str, Any] = {"run_tag": params["run_tag"], "state": "FAILED" if failure else "SUCCEEDED"}
     if failure:
         outcome["error"] = failure
-        print(f"\nRetrain {params['run_tag']} FAILED: {failure}")
+        summary = f"Retrain {params['run_tag']} FAILED: {failure}"
     else:
         from kfp_components.outcome import find_outcome
 
-        outcome.update(find_outcome(mlflow_uri, params["run_tag"]))
+        outcome.update(find_outcome(str(mlflow_tracking_uri), params["run_tag"]))
         if outcome["decision"] == "accepted":
-            print(f"\nRetrain {params['run_tag']}: registered {params.get('model_name', 'iris-model')} version "
-                  f"{outcome['registered_version']} as champion ({outcome['reason']})")
+            summary = (
+                f"Retrain {params['run_tag']}: registered {params.get('model_name', DEFAULT_MODEL_NAME)} "
+                f"version {outcome['registered_version']} as champion ({outcome['reason']})"
+            )
         else:
-            print(f"\nRetrain {params['run_tag']}: candidate {outcome['decision']}: {outcome['reason']}")
-    print("OUTCOME " + json.dumps(outcome, sort_keys=True))
+            summary = f"Retrain {params['run_tag']}: candidate {outcome['decision']}: {outcome['reason']}"
+    write_outcome(args.outcome_file, outcome)
+    print(f"\n{summary}")  # the command's result, for people
     return 1 if failure else 0
 
 

@@ -8,14 +8,17 @@ Each gunicorn worker builds its own app and loads the champion at start; the dri
 served-version record and the feedback rows live in the shared state store (SERVING_STORE_URL:
 SQLite for one host, PostgreSQL for several replicas).
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Flask, g, request
+from werkzeug.wrappers import Response
 
 from serving import metrics
 from serving.blueprints import ALL as BLUEPRINTS
@@ -27,7 +30,7 @@ from serving.model import MlflowModelLoader
 from serving.model_cache import ModelCopies
 from serving.store import open_store
 
-log = logging.getLogger("serving")
+log = logging.getLogger(__name__)
 
 
 def create_app(config: ServingConfig | Mapping[str, Any] | None = None) -> Flask:
@@ -62,11 +65,11 @@ def _install_request_metrics(app: Flask) -> None:
     perf = time.perf_counter
 
     @app.before_request
-    def _start_timer():
+    def _start_timer() -> None:
         g._t0 = perf()
 
     @app.after_request
-    def _observe(response):
+    def _observe(response: Response) -> Response:
         t0 = g.get("_t0")
         if t0 is None:
             return response

@@ -4,16 +4,19 @@ Every setting has an environment variable (the seed's names kept where they exis
 the embedded stack. `create_app(config)` accepts a mapping with the same keys as the environment
 variables; a key in that mapping wins over the environment.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
+from driftloop.contract import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, MLFLOW_TRACKING_URI_ENV
+from serving.drift import CORRECTIONS, normalize_correction
 from serving.store import SQLITE_PREFIX, check_store_url
 
-CORRECTIONS = ("bonferroni", "bh", "none")
 BACKENDS = ("auto", "onnx", "sklearn")
 
 
@@ -21,21 +24,12 @@ class ConfigError(ValueError):
     """A setting has a value the app cannot work with."""
 
 
-def _parse_bool(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off", ""}:
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
-
-
 @dataclass(frozen=True)
 class ServingConfig:
     # where the model comes from
-    mlflow_tracking_uri: str = field(default="http://127.0.0.1:5000", metadata={"env": "MLFLOW_TRACKING_URI"})
-    model_name: str = field(default="iris-model", metadata={"env": "MODEL_NAME"})
-    model_alias: str = field(default="champion", metadata={"env": "MODEL_ALIAS"})
+    mlflow_tracking_uri: str = field(default="http://127.0.0.1:5000", metadata={"env": MLFLOW_TRACKING_URI_ENV})
+    model_name: str = field(default=DEFAULT_MODEL_NAME, metadata={"env": "MODEL_NAME"})
+    model_alias: str = field(default=CHAMPION_ALIAS, metadata={"env": "MODEL_ALIAS"})
     predict_backend: str = field(default="auto", metadata={"env": "SERVING_PREDICT_BACKEND"})
     # drift detection
     drift_threshold: float = field(default=0.05, metadata={"env": "DRIFT_THRESHOLD"})
@@ -87,7 +81,9 @@ class ServingConfig:
         return {f.metadata["env"]: f.name for f in fields(cls)}
 
     @classmethod
-    def from_env(cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "ServingConfig":
+    def from_env(
+        cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    ) -> ServingConfig:
         """Build the config from the environment, then `overrides` (keys: env names or field names)."""
         environ = os.environ if environ is None else environ
         by_field = {f.name: f for f in fields(cls)}
@@ -110,8 +106,6 @@ class ServingConfig:
                     values[name] = int(value)
                 elif f.type in ("float", float):
                     values[name] = float(value)
-                elif f.type in ("bool", bool):
-                    values[name] = value if isinstance(value, bool) else _parse_bool(str(value))
                 else:
                     values[name] = str(value)
             except (TypeError, ValueError) as exc:
@@ -127,8 +121,12 @@ class ServingConfig:
             raise ConfigError(f"DRIFT_WINDOW_SIZE must be >= 2, got {self.drift_window_size}")
         if self.drift_min_samples < 0 or self.drift_min_samples > self.drift_window_size:
             raise ConfigError("DRIFT_MIN_SAMPLES must be between 0 (= window size) and DRIFT_WINDOW_SIZE")
-        if self.drift_correction.lower() not in CORRECTIONS:
-            raise ConfigError(f"DRIFT_CORRECTION must be one of {', '.join(CORRECTIONS)}, got {self.drift_correction!r}")
+        try:
+            normalize_correction(self.drift_correction)
+        except ValueError:
+            raise ConfigError(
+                f"DRIFT_CORRECTION must be one of {', '.join(CORRECTIONS)}, got {self.drift_correction!r}"
+            ) from None
         if self.predict_backend.lower() not in BACKENDS:
             raise ConfigError(f"SERVING_PREDICT_BACKEND must be one of {', '.join(BACKENDS)}")
         if self.max_batch < 1:
@@ -147,5 +145,7 @@ class ServingConfig:
             if token != token.strip() or any(not 0x21 <= ord(ch) <= 0x7E for ch in token):
                 raise ConfigError(f"{name} must be printable ASCII without spaces (it travels as a bearer token)")
         if self.feedback_token and self.feedback_token == self.admin_token:
-            raise ConfigError("SERVING_FEEDBACK_TOKEN must differ from SERVING_ADMIN_TOKEN: the labelling "
-                              "service's credential must not be the admin credential")
+            raise ConfigError(
+                "SERVING_FEEDBACK_TOKEN must differ from SERVING_ADMIN_TOKEN: the labelling "
+                "service's credential must not be the admin credential"
+            )

@@ -5,14 +5,21 @@ data, with a multiple-testing correction. Plain numpy/scipy, no Flask, no storag
 the per-feature level (`none`, the seed's behaviour: four uncorrected tests at 0.05 fire on about 13%
 of windows drawn from the training distribution).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 from scipy import stats
 
-_ALIASES = {
+if TYPE_CHECKING:
+    from serving.schemas import DriftStatus, FeatureDrift
+
+Correction = Literal["bonferroni", "bh", "none"]
+CORRECTIONS: tuple[Correction, ...] = get_args(Correction)
+_ALIASES: dict[str, Correction] = {
     "bonferroni": "bonferroni",
     "bh": "bh",
     "benjamini-hochberg": "bh",
@@ -21,19 +28,22 @@ _ALIASES = {
 }
 
 
-def normalize_correction(name: str) -> str:
+def normalize_correction(name: str) -> Correction:
     try:
         return _ALIASES[name.strip().lower()]
     except KeyError:
         raise ValueError(f"unknown correction {name!r}: use bonferroni, bh or none") from None
 
 
-def adjust(p_values: Sequence[float], alpha: float, correction: str) -> tuple[np.ndarray, np.ndarray, float]:
+def adjust(
+    p_values: Sequence[float] | np.ndarray, alpha: float, correction: str
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Return (adjusted p-values, reject flags, the per-test p-value cutoff that was applied).
 
     - bonferroni: reject p < alpha/m; adjusted p = min(1, m p).
-    - bh: Benjamini-Hochberg step-up at FDR alpha; adjusted p = BH q-values; the cutoff is
-      k*alpha/m for the largest k with p_(k) <= k*alpha/m (alpha/m when nothing is rejected).
+    - bh: Benjamini-Hochberg step-up at FDR alpha (scipy.stats.false_discovery_control); adjusted
+      p = BH q-values, reject q <= alpha; the cutoff is k*alpha/m for the k rejected tests (the largest
+      k with p_(k) <= k*alpha/m; alpha/m when nothing is rejected).
     - none: reject p < alpha.
     """
     correction = normalize_correction(correction)
@@ -46,21 +56,10 @@ def adjust(p_values: Sequence[float], alpha: float, correction: str) -> tuple[np
     if correction == "bonferroni":
         cutoff = alpha / m
         return np.minimum(1.0, p * m), p < cutoff, cutoff
-    order = np.argsort(p, kind="stable")
-    ranked = p[order]
-    ranks = np.arange(1, m + 1)
-    q_sorted = np.minimum.accumulate((ranked * m / ranks)[::-1])[::-1]
-    q = np.empty(m)
-    q[order] = np.minimum(1.0, q_sorted)
-    passing = np.nonzero(ranked <= ranks * alpha / m)[0]
-    if len(passing):
-        k = passing[-1] + 1
-        cutoff = k * alpha / m
-        reject = p <= cutoff
-    else:
-        cutoff = alpha / m
-        reject = np.zeros(m, dtype=bool)
-    return q, reject, cutoff
+    q = stats.false_discovery_control(p, method="bh")
+    reject = q <= alpha
+    k = int(reject.sum())  # BH rejects the k smallest p-values: p_(k) <= k*alpha/m
+    return q, reject, (k if k else 1) * alpha / m
 
 
 def drift_report(
@@ -72,24 +71,24 @@ def drift_report(
     correction: str,
     window_size: int,
     min_samples: int,
-) -> dict:
+) -> DriftStatus:
     """The drift verdict for `window` (rows, oldest first or any order) against `reference`.
 
     Keeps the seed's keys (`drift_detected`, `threshold`, `samples`, `features: {feature_i:
     {ks_stat, p_value, drift}}`, `reason` while collecting) and adds the feature names, the
     correction, the adjusted threshold and per-feature adjusted p-values.
     """
-    correction = normalize_correction(correction)
+    method = normalize_correction(correction)
     n = int(len(window))
     m = len(feature_names)
-    base = {
+    base: DriftStatus = {
         "drift_detected": False,
         "threshold": threshold,
         "samples": n,
         "window_size": window_size,
         "min_samples": min_samples,
-        "correction": correction,
-        "adjusted_threshold": threshold / m if (correction != "none" and m) else threshold,
+        "correction": method,
+        "adjusted_threshold": threshold / m if (method != "none" and m) else threshold,
         "feature_names": list(feature_names),
         "reference_samples": int(len(reference)),
         "features": {},
@@ -105,8 +104,8 @@ def drift_report(
         res = stats.ks_2samp(reference[:, i], window[:, i])
         ks[i] = float(res.statistic)
         pv[i] = float(res.pvalue)
-    adjusted, reject, cutoff = adjust(pv, threshold, correction)
-    features = {}
+    adjusted, reject, cutoff = adjust(pv, threshold, method)
+    features: dict[str, FeatureDrift] = {}
     for i, name in enumerate(feature_names):
         features[f"feature_{i}"] = {
             "name": name,
@@ -118,5 +117,5 @@ def drift_report(
     base["features"] = features
     base["adjusted_threshold"] = float(cutoff)
     base["drift_detected"] = bool(reject.any())
-    base["drifted_features"] = [feature_names[i] for i in np.nonzero(reject)[0]]
+    base["drifted_features"] = [feature_names[int(i)] for i in np.nonzero(reject)[0]]
     return base

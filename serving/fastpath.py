@@ -13,28 +13,34 @@ exception), goes to the full Flask app with the body restored, so validation mes
 error metrics and logging have exactly one implementation. `predict_parsed` raises only before its
 drift-window insert, so a request handed over never adds its rows twice.
 """
+
 from __future__ import annotations
 
 import io
 import json
 import os
 import time
-from typing import Callable, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from serving import metrics
 from serving.blueprints.model import predict_parsed
+from serving.http import ServingContext
 from serving.inputs import check_content_type, parse_json_object
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 _ENDPOINT = "/predict"
 
 
 class PredictFastPath:
-    def __init__(self, flask_wsgi: Callable, context) -> None:
+    def __init__(self, flask_wsgi: WSGIApplication, context: ServingContext) -> None:
         self.flask_wsgi = flask_wsgi
-        self.ctx = context  # serving.http.ServingContext
+        self.ctx = context
         self.max_body = context.config.max_body_bytes
 
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != _ENDPOINT or environ.get("REQUEST_METHOD") != "POST":
             return self.flask_wsgi(environ, start_response)
         t0 = time.perf_counter()
@@ -53,7 +59,13 @@ class PredictFastPath:
         except Exception:  # noqa: BLE001 - one implementation of every error answer: the Flask view
             environ["wsgi.input"] = io.BytesIO(body)
             return self.flask_wsgi(environ, start_response)
-        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
-                                  ("X-Serving-Worker", str(os.getpid()))])
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(payload))),
+                ("X-Serving-Worker", str(os.getpid())),
+            ],
+        )
         metrics.observe_request("POST", _ENDPOINT, 200, time.perf_counter() - t0)
         return [payload]

@@ -9,16 +9,23 @@ Environment (all optional):
         request in full, with header and body read timeouts, before the app sees it; `sync` = gunicorn's;
         with GUNICORN_THREADS > 1 gunicorn runs its gthread worker instead, without those timeouts)
     GUNICORN_TIMEOUT (30 s), GUNICORN_GRACEFUL_TIMEOUT (30 s), GUNICORN_KEEPALIVE (5 s)
-    GUNICORN_MAX_REQUESTS (0 = never recycle workers), GUNICORN_ACCESSLOG (unset = no access log)
+    GUNICORN_MAX_REQUESTS (0 = never recycle workers), GUNICORN_ACCESSLOG (unset = no access log; `-` =
+        with the other log lines on stderr, or a file), GUNICORN_ERRORLOG (`-` = stderr, or a file)
+    LOG_LEVEL (or GUNICORN_LOGLEVEL; default info), LOG_FORMAT (text or json: one JSON object a line)
+        for gunicorn's and the app's loggers alike (driftloop/logs.py)
     PROMETHEUS_MULTIPROC_DIR   metrics files of all workers (default <SERVING_STATE_DIR>/prometheus)
 
 Graceful reload of the code and config: `kill -HUP <master pid>` starts new workers and retires the
 old ones after their current request. A new model does not need that: `POST /model/reload`.
 """
+
 import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
+
+from serving import gunicorn_logging
 
 _env = os.environ.get
 
@@ -35,8 +42,9 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
-if _env("GUNICORN_BIND"):
-    bind = [b.strip() for b in _env("GUNICORN_BIND").split(",") if b.strip()]
+_bind = _env("GUNICORN_BIND")
+if _bind:
+    bind = [b.strip() for b in _bind.split(",") if b.strip()]
 else:
     bind = [f"{_env('SERVING_HOST', '127.0.0.1')}:{_env('SERVING_PORT', '8000')}"]
 
@@ -53,7 +61,10 @@ preload_app = False  # each worker builds its app (and opens its own SQLite conn
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 accesslog = _env("GUNICORN_ACCESSLOG") or None
 errorlog = _env("GUNICORN_ERRORLOG", "-")
-loglevel = _env("GUNICORN_LOGLEVEL", "info")
+loglevel = _env("LOG_LEVEL") or _env("GUNICORN_LOGLEVEL", "info")
+# gunicorn's loggers and the app's through one dictConfig (driftloop.logs: LOG_LEVEL, LOG_FORMAT=text|json)
+logconfig_dict = gunicorn_logging.logconfig_dict(loglevel, accesslog, errorlog)
+logger_class = gunicorn_logging.Logger
 proc_name = _env("GUNICORN_PROC_NAME", "driftloop-serving")
 # gunicorn >= 25 opens a control socket under $HOME by default, shared by every instance: not wanted
 control_socket_disable = _env("GUNICORN_CONTROL_SOCKET", "") == ""
@@ -61,7 +72,7 @@ if not control_socket_disable:
     control_socket = _env("GUNICORN_CONTROL_SOCKET")
 
 
-def on_starting(server):
+def on_starting(server: Any) -> None:
     """Master start: the state file is checked first (a damaged one stops gunicorn here, before it
     binds the port: one message and exit 1 within a second, not a boot failure per worker), then a
     clean metrics directory (stale files of a previous run would be summed in), then the preload."""
@@ -72,7 +83,7 @@ def on_starting(server):
 
         url = ServingConfig.from_env().resolved_store_url
         if url.startswith(SQLITE_PREFIX):
-            check_state_file(url[len(SQLITE_PREFIX):])
+            check_state_file(url[len(SQLITE_PREFIX) :])
     except StateFileError as exc:
         server.log.error("Cannot start serving: %s", exc)
         sys.exit(1)
@@ -95,11 +106,11 @@ def on_starting(server):
 
         import serving.app  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - workers will import (and report) themselves
-        print(f"serving: preloading libraries failed: {exc}", file=sys.stderr)
+        server.log.warning("serving: preloading libraries failed (each worker imports them itself): %s", exc)
 
 
-def child_exit(server, worker):
+def child_exit(server: Any, worker: Any) -> None:
     """A worker is gone: drop its live-gauge files so that they are not summed any more."""
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(worker.pid)
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

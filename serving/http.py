@@ -5,18 +5,20 @@ one constant-time comparison routine for both), the bounded endpoint label of th
 Every error leaves the app as JSON `{"error": "..."}` with its status code, including 404/405/413
 raised by Flask itself and unexpected exceptions (500, never an HTML page).
 """
+
 from __future__ import annotations
 
 import hmac
 import json
 import logging
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, cast
 
 from flask import Flask, current_app, g, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response
 
 from serving import metrics
 from serving.config import ServingConfig
@@ -25,7 +27,7 @@ from serving.manager import Active, ModelManager
 from serving.model import ModelLoadError
 from serving.store import StateStore, StoreUnavailable
 
-log = logging.getLogger("serving")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,11 +38,11 @@ class ServingContext:
 
 
 def ctx() -> ServingContext:
-    return current_app.extensions["serving"]
+    return cast(ServingContext, current_app.extensions["serving"])
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, headers: dict | None = None, **extra: Any):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, **extra: Any):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -48,14 +50,14 @@ class ApiError(Exception):
         self.extra = extra
 
 
-def json_response(body: Any, status: int = 200, headers: dict | None = None):
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     resp = current_app.response_class(json.dumps(body), status=status, mimetype="application/json")
     if headers:
         resp.headers.update(headers)
     return resp
 
 
-def error_response(status: int, message: str, headers: dict | None = None, **extra: Any):
+def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> Response:
     return json_response({"error": message, **extra}, status, headers)
 
 
@@ -68,11 +70,6 @@ def require_model() -> Active:
         reason = err.message if err is not None else "no model loaded yet"
         raise ApiError(503, f"model not ready: {reason}", {"Retry-After": "5"})
     return active
-
-
-def iso_utc(ts: float) -> str:
-    """A Unix time as ISO 8601 UTC, the format of every timestamp in the JSON and CSV answers."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def endpoint_label() -> str:
@@ -107,11 +104,15 @@ def bearer_credential(tokens: dict[str, str], realm: str, what: str, hint: str) 
     return matched
 
 
-def require_admin(view):
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def require_admin(view: Callable[P, R]) -> Callable[P, R]:
     """Bearer-token guard for admin endpoints (token from SERVING_ADMIN_TOKEN)."""
 
     @wraps(view)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         token = ctx().config.admin_token
         if not token:
             raise ApiError(403, "admin endpoints are disabled: SERVING_ADMIN_TOKEN is not set")
@@ -121,20 +122,27 @@ def require_admin(view):
     return wrapper
 
 
-def require_feedback_credential(view):
+def require_feedback_credential(view: Callable[P, R]) -> Callable[P, R]:
     """Bearer-token guard of POST /feedback: SERVING_FEEDBACK_TOKEN (a labelling service's own
     credential) or SERVING_ADMIN_TOKEN. Disabled (403) while SERVING_FEEDBACK_TOKEN is not set,
     whatever the admin token: accepting labels is an explicit decision of the deployment.
     The kind of credential that matched ("feedback" or "admin") is left in `g.credential`."""
 
     @wraps(view)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         cfg = ctx().config
         if not cfg.feedback_token:
-            raise ApiError(403, "feedback is disabled: SERVING_FEEDBACK_TOKEN is not set "
-                                "(set it to the token the labelling service sends as a bearer token)")
-        g.credential = bearer_credential({FEEDBACK: cfg.feedback_token, ADMIN: cfg.admin_token},
-                                         "serving-feedback", "feedback", "SERVING_FEEDBACK_TOKEN")
+            raise ApiError(
+                403,
+                "feedback is disabled: SERVING_FEEDBACK_TOKEN is not set "
+                "(set it to the token the labelling service sends as a bearer token)",
+            )
+        g.credential = bearer_credential(
+            {FEEDBACK: cfg.feedback_token, ADMIN: cfg.admin_token},
+            "serving-feedback",
+            "feedback",
+            "SERVING_FEEDBACK_TOKEN",
+        )
         return view(*args, **kwargs)
 
     return wrapper
@@ -142,37 +150,42 @@ def require_feedback_credential(view):
 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError):
+    def _api_error(exc: ApiError) -> Response:
         return error_response(exc.status, exc.message, exc.headers, **exc.extra)
 
     @app.errorhandler(InputError)
-    def _input_error(exc: InputError):
+    def _input_error(exc: InputError) -> Response:
         endpoint = endpoint_label()
         metrics.INPUT_ERRORS.labels(endpoint).inc()
         return error_response(exc.status, exc.message)
 
     @app.errorhandler(ModelLoadError)
-    def _load_error(exc: ModelLoadError):
+    def _load_error(exc: ModelLoadError) -> Response:
         status = 503 if exc.kind == "unavailable" else 409
-        return error_response(status, f"reload failed, the previous model keeps serving: {exc.message}",
-                              kind=exc.kind, version=exc.version)
+        return error_response(
+            status,
+            f"reload failed, the previous model keeps serving: {exc.message}",
+            kind=exc.kind,
+            version=exc.version,
+        )
 
     @app.errorhandler(StoreUnavailable)
-    def _store_unavailable(exc: StoreUnavailable):
+    def _store_unavailable(exc: StoreUnavailable) -> Response:
         metrics.STORE_ERRORS.labels("request").inc()
         log.warning("%s %s: %s", request.method, request.path, exc)
-        return error_response(503, f"{exc}; this request changed nothing, retry later", {"Retry-After": "5"},
-                              store=exc.store)
+        return error_response(
+            503, f"{exc}; this request changed nothing, retry later", {"Retry-After": "5"}, store=exc.store
+        )
 
     @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):
+    def _http_error(exc: HTTPException) -> Response:
         resp = exc.get_response()
         resp.set_data(json.dumps({"error": exc.description or exc.name}))
         resp.mimetype = "application/json"
         return resp
 
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):
+    def _unexpected(exc: Exception) -> Response:
         if isinstance(exc, HTTPException):  # pragma: no cover - routed above
             return _http_error(exc)
         log.exception("unhandled error on %s %s", request.method, request.path)

@@ -28,19 +28,25 @@ target (that would let whoever can break or delete a model version in the regist
 served model): it has no model (503, the reason names the version), retries every `retry_seconds`,
 and an admin reload is the way to another version.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from serving import metrics
-from serving.model import REGISTRY, LoadedModel, MlflowModelLoader, ModelLoadError
-from serving.store import ReloadOutcome, ServedRecord, StateStore, StoreUnavailable
+import numpy as np
 
-log = logging.getLogger("serving.manager")
+from serving import metrics
+from serving.model import REGISTRY, Label, LoadedModel, ModelLoader, ModelLoadError
+from serving.schemas import LoadErrorInfo, Reload, StoreInfo
+from serving.store import ReloadOutcome, ServedRecord, StateStore, StoreUnavailable
+from serving.timestamps import iso_utc
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,7 @@ class Active:
 
 
 class ModelManager:
-    def __init__(self, store: StateStore, loader: MlflowModelLoader, retry_seconds: float = 15.0):
+    def __init__(self, store: StateStore, loader: ModelLoader, retry_seconds: float = 15.0):
         self.store = store
         self.loader = loader
         self.name = loader.model_name
@@ -117,7 +123,7 @@ class ModelManager:
             return self.active
         return self.sync()
 
-    def predict_and_record(self, active: Active, X) -> tuple[Active, list, bool]:
+    def predict_and_record(self, active: Active, X: np.ndarray) -> tuple[Active, list[Label], bool]:
         """Predict with `active`, then add the rows to its window if the served record has not moved
         since this worker last read it (one store round trip). If it moved (a reload on another worker
         or replica), follow it and predict again with what is served now, so the answer never comes
@@ -227,7 +233,10 @@ class ModelManager:
             raise ModelLoadError(
                 f"served version {record.version} of '{self.name}' (the app's served record) cannot be loaded: "
                 f"{exc.message}. The app does not switch to the '{self.loader.alias}' alias by itself: "
-                "POST /model/reload (admin) moves it to the alias target", exc.kind, record.version) from exc
+                "POST /model/reload (admin) moves it to the alias target",
+                exc.kind,
+                record.version,
+            ) from exc
 
     def _activate_recorded(self, record: ServedRecord) -> None:
         model = self._load_recorded(record)
@@ -249,7 +258,7 @@ class ModelManager:
         if last is not None and not last.ok:
             self.store.record_reload(self.name, True, model.version, None)
 
-    def _try(self, action) -> bool:
+    def _try(self, action: Callable[[], None]) -> bool:
         try:
             action()
         except ModelLoadError as exc:
@@ -273,7 +282,7 @@ class ModelManager:
         self.load_error_at = None
 
     # -- admin reload ----------------------------------------------------------------------------
-    def reload(self) -> dict:
+    def reload(self) -> Reload:
         """Move the app to the current alias target. Raises ModelLoadError (the old model stays)."""
         with self._lock:
             previous = self.active
@@ -347,15 +356,21 @@ class ModelManager:
             except ModelLoadError as exc:
                 pending = True
                 if exc.kind != "unavailable":
-                    notes.append(f"MLflow answers but version {version} cannot be loaded from it ({exc.message}); "
-                                 "the local copy keeps serving")
+                    notes.append(
+                        f"MLflow answers but version {version} cannot be loaded from it ({exc.message}); "
+                        "the local copy keeps serving"
+                    )
             else:
                 with self._lock:
                     current = self.active
                     if current is not None and current.model.version == version and current.model.source != REGISTRY:
                         self.active = Active(model, current.epoch, current.epoch_started_at)
-                        log.info("MLflow answers again: %s version %s is loaded from the registry, no longer from "
-                                 "its local copy", self.name, version)
+                        log.info(
+                            "MLflow answers again: %s version %s is loaded from the registry, no longer from "
+                            "its local copy",
+                            self.name,
+                            version,
+                        )
         try:
             last = self.store.last_reload(self.name)
             if last is not None and not last.ok:
@@ -377,42 +392,50 @@ class ModelManager:
             target, _run_id = self.loader.resolve()
         except ModelLoadError as exc:
             if exc.kind == "unavailable":
-                return True, (f"MLflow is still unreachable (checked every {self.registry_check_seconds:g} s); "
-                              f"this clears by itself once it answers and alias '{alias}' still points at the "
-                              "served version")
-            return True, (f"the registry alias '{alias}' points at no version ({exc.message}): set it and "
-                          "POST /model/reload (admin)")
+                return True, (
+                    f"MLflow is still unreachable (checked every {self.registry_check_seconds:g} s); "
+                    f"this clears by itself once it answers and alias '{alias}' still points at the "
+                    "served version"
+                )
+            return True, (
+                f"the registry alias '{alias}' points at no version ({exc.message}): set it and "
+                "POST /model/reload (admin)"
+            )
         served = self.store.served(self.name)
         if served is None:
             return False, None  # nothing is served yet: the worker retries the alias target itself
         if served.version != target:
-            return True, (f"the registry alias '{alias}' points at version {target} while version {served.version} "
-                          f"is served: POST /model/reload (admin) to serve version {target}, or point the alias back "
-                          f"at version {served.version}")
-        failed_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last.at))
-        message = (f"settled without a reload: the reload at {failed_at} "
-                   f"failed ({(last.message or '')[:300]}); MLflow answers again and alias '{alias}' still points at "
-                   f"the served version {served.version}")
+            return True, (
+                f"the registry alias '{alias}' points at version {target} while version {served.version} "
+                f"is served: POST /model/reload (admin) to serve version {target}, or point the alias back "
+                f"at version {served.version}"
+            )
+        failed_at = iso_utc(last.at)
+        message = (
+            f"settled without a reload: the reload at {failed_at} "
+            f"failed ({(last.message or '')[:300]}); MLflow answers again and alias '{alias}' still points at "
+            f"the served version {served.version}"
+        )
         if self.store.clear_failed_reload(self.name, last.at, served.version, message):
-            log.info("the failed reload is settled: alias '%s' still points at the served version %s", alias,
-                     served.version)
+            log.info(
+                "the failed reload is settled: alias '%s' still points at the served version %s", alias, served.version
+            )
         return False, None
 
     # -- status ------------------------------------------------------------------------------------
     def last_reload(self) -> ReloadOutcome | None:
         return self.store.last_reload(self.name)
 
-    def store_info(self) -> dict:
+    def store_info(self) -> StoreInfo:
         err = self.store_error
-        info = {"ok": err is None, "location": self.store.location}
+        info: StoreInfo = {"ok": err is None, "location": self.store.location}
         if err is not None:
-            info.update(message=str(err), since=time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                              time.gmtime(self.store_error_at or time.time())))
+            info["message"] = str(err)
+            info["since"] = iso_utc(self.store_error_at)
         return info
 
-    def error_info(self) -> dict | None:
+    def error_info(self) -> LoadErrorInfo | None:
         err = self.load_error
         if err is None:
             return None
-        return {"message": err.message, "kind": err.kind, "version": err.version,
-                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.load_error_at or time.time()))}
+        return {"message": err.message, "kind": err.kind, "version": err.version, "at": iso_utc(self.load_error_at)}

@@ -1,8 +1,9 @@
 """Loading the served model from the MLflow registry. No Flask here.
 
-What the pipeline logs (docs/contracts.md): an sklearn model under `model`, `drift/reference.csv`
-(the training features, header = feature names), the run tag `feature_names` (JSON list) and, when
-its predictions equal the sklearn model's, `onnx/model.onnx` with the run tag `onnx_parity=true`.
+What the pipeline logs (driftloop/contract.py, docs/contracts.md): an sklearn model under `model`,
+`drift/reference.csv` (REFERENCE_ARTIFACT: the training features, header = feature names), the run tag
+`feature_names` (JSON list) and, when its predictions equal the sklearn model's, `onnx/model.onnx`
+(ONNX_ARTIFACT) with the run tag `onnx_parity=true` (ONNX_PARITY_TAG).
 
 The fast path runs the ONNX artifact with onnxruntime on one intra-op thread (a one-row forest
 prediction costs microseconds instead of milliseconds with sklearn); without a verified ONNX
@@ -12,27 +13,33 @@ The registry is the source of truth whenever it answers: every load asks MLflow 
 loaded from MLflow is also kept as a local copy (serving/model_cache.py); only when MLflow cannot be
 reached is the requested version rebuilt from its verified copy (`LoadedModel.source` says which).
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
-from serving.model_cache import CopyFiles, CopyUnusable, ModelCopies, VerifiedCopy
+from driftloop.contract import CHAMPION_ALIAS, ONNX_ARTIFACT, ONNX_PARITY_TAG, REFERENCE_ARTIFACT
+from driftloop.settings import parse_bool
+from serving.model_cache import Backend, CopyFiles, CopyUnusable, ModelCopies, VerifiedCopy
+from serving.timestamps import iso_utc
 
-log = logging.getLogger("serving.model")
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
-REFERENCE_ARTIFACT = "drift/reference.csv"
-ONNX_ARTIFACT = "onnx/model.onnx"
-REGISTRY = "registry"
-LOCAL_COPY = "local copy"
+log = logging.getLogger(__name__)
+
+ModelSource = Literal["registry", "local copy"]  #: where a loaded model came from
+REGISTRY: ModelSource = "registry"
+LOCAL_COPY: ModelSource = "local copy"
 
 
 class ModelLoadError(RuntimeError):
@@ -45,16 +52,20 @@ class ModelLoadError(RuntimeError):
         self.version = version
 
 
-class Predictor(Protocol):
-    backend: str
+Label = Any  # one prediction as the model gives it (an int, a float or a string)
 
-    def predict(self, X: np.ndarray) -> list: ...
+
+class Predictor(Protocol):
+    @property
+    def backend(self) -> Backend: ...
+
+    def predict(self, X: np.ndarray) -> list[Label]: ...
 
 
 class OnnxPredictor:
     """onnxruntime session on one intra-op thread; feeds float32 or float64 as the graph wants."""
 
-    backend = "onnx"
+    backend: Backend = "onnx"
 
     def __init__(self, model_bytes: bytes, n_features: int):
         import onnxruntime as ort
@@ -79,7 +90,7 @@ class OnnxPredictor:
         else:
             raise ModelLoadError(f"the ONNX model has {len(inputs)} inputs for {n_features} features")
 
-    def predict(self, X: np.ndarray) -> list:
+    def predict(self, X: np.ndarray) -> list[Label]:
         if self._per_column is None:
             feed = {self.input_name: X.astype(self.dtype, copy=False)}
         else:
@@ -89,7 +100,7 @@ class OnnxPredictor:
 
 
 class SklearnPredictor:
-    backend = "sklearn"
+    backend: Backend = "sklearn"
 
     def __init__(self, model: Any, feature_names: Sequence[str]):
         self.model = model
@@ -98,7 +109,7 @@ class SklearnPredictor:
         if self.columns is not None and list(self.columns) != list(feature_names):
             raise ModelLoadError(f"the sklearn model was fitted on {self.columns}, the run says {list(feature_names)}")
 
-    def predict(self, X: np.ndarray) -> list:
+    def predict(self, X: np.ndarray) -> list[Label]:
         if self.columns is not None:
             import pandas as pd
 
@@ -117,7 +128,7 @@ class LoadedModel:
     predictor: Predictor = field(repr=False)
     loaded_at: str = ""
     backend_note: str | None = None
-    source: str = REGISTRY  # REGISTRY, or LOCAL_COPY when MLflow was unreachable
+    source: ModelSource = REGISTRY  # REGISTRY, or LOCAL_COPY when MLflow was unreachable
     copy_saved_at: str | None = None  # when the local copy it came from was written
 
     @property
@@ -125,21 +136,24 @@ class LoadedModel:
         return len(self.feature_names)
 
     @property
-    def backend(self) -> str:
+    def backend(self) -> Backend:
         return self.predictor.backend
 
-    def predict(self, X: np.ndarray) -> list:
+    def predict(self, X: np.ndarray) -> list[Label]:
         return self.predictor.predict(X)
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _is_connection_problem(exc: BaseException) -> bool:
     text = str(exc)
-    markers = ("Max retries exceeded", "Connection refused", "ConnectionError", "timed out",
-               "Failed to establish", "failed with exception", "Read timed out")
+    markers = (
+        "Max retries exceeded",
+        "Connection refused",
+        "ConnectionError",
+        "timed out",
+        "Failed to establish",
+        "failed with exception",
+        "Read timed out",
+    )
     return any(m in text for m in markers)
 
 
@@ -151,22 +165,41 @@ def _classify(exc: BaseException, what: str, version: str | None = None) -> Mode
     return ModelLoadError(f"{what} failed: {exc}", "invalid", version)
 
 
+class ModelLoader(Protocol):
+    """What the manager needs from a loader (MlflowModelLoader; tests may give their own)."""
+
+    model_name: str
+    alias: str
+
+    def resolve(self) -> tuple[str, str]: ...
+
+    def load(self, version: str | None = None) -> LoadedModel: ...
+
+    def load_from_registry(self, version: str | None = None) -> LoadedModel: ...
+
+
 class MlflowModelLoader:
     """Resolves `models:/<name>@<alias>` and loads a version with its feature names and reference;
     with `copies`, keeps a local copy of each version it loads and falls back to it when MLflow
     cannot be reached."""
 
-    def __init__(self, tracking_uri: str, model_name: str, alias: str = "champion", backend: str = "auto",
-                 copies: ModelCopies | None = None):
+    def __init__(
+        self,
+        tracking_uri: str,
+        model_name: str,
+        alias: str = CHAMPION_ALIAS,
+        backend: str = "auto",
+        copies: ModelCopies | None = None,
+    ):
         self.tracking_uri = tracking_uri
         self.model_name = model_name
         self.alias = alias
         self.backend = backend.lower()
         self.copies = copies
-        self._client = None
+        self._client: MlflowClient | None = None
 
     @property
-    def client(self):
+    def client(self) -> MlflowClient:
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
@@ -182,11 +215,17 @@ class MlflowModelLoader:
                 raise ModelLoadError(f"MLflow at {self.tracking_uri} is not reachable: {exc}", "unavailable") from exc
             raise ModelLoadError(
                 f"no version of registered model '{self.model_name}' has alias '{self.alias}' "
-                f"(MLflow at {self.tracking_uri}: {getattr(exc, 'message', exc)})", "no_champion") from exc
+                f"(MLflow at {self.tracking_uri}: {getattr(exc, 'message', exc)})",
+                "no_champion",
+            ) from exc
+        return str(mv.version), self._run_id(mv)
+
+    def _run_id(self, mv: Any) -> str:
+        """The MLflow run of a model version (its `run_id`, or a `run_id` tag)."""
         run_id = mv.run_id or (mv.tags or {}).get("run_id")
         if not run_id:
             raise ModelLoadError(f"{self.model_name} version {mv.version} has no run id", "invalid", str(mv.version))
-        return str(mv.version), run_id
+        return str(run_id)
 
     def load(self, version: str | None = None) -> LoadedModel:
         """Load `version` (the alias's version when None) from MLflow; when MLflow cannot be reached
@@ -196,20 +235,26 @@ class MlflowModelLoader:
         except ModelLoadError as exc:
             if exc.kind != "unavailable" or version is None or self.copies is None:
                 raise
-            return self._load_copy_instead(exc, str(version))
+            return self._load_copy_instead(exc, self.copies, str(version))
 
-    def _load_copy_instead(self, cause: ModelLoadError, version: str) -> LoadedModel:
+    def _load_copy_instead(self, cause: ModelLoadError, copies: ModelCopies, version: str) -> LoadedModel:
         try:
-            model = load_copy(self.copies, self.model_name, version, self.alias, self.backend)
+            model = load_copy(copies, self.model_name, version, self.alias, self.backend)
         except CopyUnusable as exc:
             log.warning("the local copy of %s version %s is not used: %s", self.model_name, version, exc)
-            raise ModelLoadError(f"{cause.message}; its local copy is not usable: {exc}", "unavailable",
-                                 version) from cause
+            raise ModelLoadError(
+                f"{cause.message}; its local copy is not usable: {exc}", "unavailable", version
+            ) from cause
         if model is None:
-            raise ModelLoadError(f"{cause.message}; there is no local copy of version {version}", "unavailable",
-                                 version) from cause
-        log.warning("MLflow is unreachable: %s version %s is served from its local copy (saved %s)",
-                    self.model_name, version, model.copy_saved_at)
+            raise ModelLoadError(
+                f"{cause.message}; there is no local copy of version {version}", "unavailable", version
+            ) from cause
+        log.warning(
+            "MLflow is unreachable: %s version %s is served from its local copy (saved %s)",
+            self.model_name,
+            version,
+            model.copy_saved_at,
+        )
         return model
 
     def load_from_registry(self, version: str | None = None) -> LoadedModel:
@@ -221,9 +266,7 @@ class MlflowModelLoader:
                 mv = self.client.get_model_version(self.model_name, str(version))
             except Exception as exc:  # noqa: BLE001
                 raise _classify(exc, f"looking up {self.model_name} version {version}", version) from exc
-            run_id = mv.run_id or (mv.tags or {}).get("run_id")
-            if not run_id:
-                raise ModelLoadError(f"{self.model_name} version {version} has no run id", "invalid", version)
+            run_id = self._run_id(mv)
         try:
             return self._load(version, run_id)
         except Exception as exc:  # noqa: BLE001
@@ -237,11 +280,14 @@ class MlflowModelLoader:
         with tempfile.TemporaryDirectory(prefix="serving-model-") as tmp:
             try:
                 ref_path = mlflow.artifacts.download_artifacts(
-                    run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp, tracking_uri=self.tracking_uri)
+                    run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp, tracking_uri=self.tracking_uri
+                )
             except Exception as exc:  # noqa: BLE001
                 if _is_connection_problem(exc):
                     raise
-                raise ModelLoadError(f"run {run_id} has no readable {REFERENCE_ARTIFACT}: {exc}", "invalid", version) from exc
+                raise ModelLoadError(
+                    f"run {run_id} has no readable {REFERENCE_ARTIFACT}: {exc}", "invalid", version
+                ) from exc
             feature_names, reference = _read_reference(Path(ref_path))
             if "feature_names" in tags:
                 try:
@@ -249,47 +295,76 @@ class MlflowModelLoader:
                 except ValueError as exc:
                     raise ModelLoadError(f"run tag feature_names is not JSON: {exc}", "invalid", version) from exc
                 if list(tagged) != feature_names:
-                    raise ModelLoadError(f"run tag feature_names {tagged} differs from the reference header {feature_names}",
-                                         "invalid", version)
+                    raise ModelLoadError(
+                        f"run tag feature_names {tagged} differs from the reference header {feature_names}",
+                        "invalid",
+                        version,
+                    )
             predictor, note, artifact = self._predictor(version, run_id, tags, feature_names, tmp)
             _check_predicts(predictor, reference, version)
             if self.copies is not None:
-                self._save_copy(version, run_id, feature_names, CopyFiles(Path(ref_path), predictor.backend, artifact),
-                                note)
-        return LoadedModel(self.model_name, version, self.alias, run_id, tuple(feature_names), reference,
-                           predictor, _now_iso(), note)
+                self._save_copy(
+                    self.copies,
+                    version,
+                    run_id,
+                    feature_names,
+                    CopyFiles(Path(ref_path), predictor.backend, artifact),
+                    note,
+                )
+        return LoadedModel(
+            self.model_name, version, self.alias, run_id, tuple(feature_names), reference, predictor, iso_utc(), note
+        )
 
-    def _save_copy(self, version: str, run_id: str, feature_names, files: CopyFiles, note: str | None) -> None:
+    def _save_copy(
+        self,
+        copies: ModelCopies,
+        version: str,
+        run_id: str,
+        feature_names: Sequence[str],
+        files: CopyFiles,
+        note: str | None,
+    ) -> None:
         """A copy that cannot be written costs nothing now (the model is served); it is missed only in
         a later MLflow outage, so say so in the log and go on."""
         try:
-            self.copies.save(self.model_name, version, run_id, feature_names, files, note)
+            copies.save(self.model_name, version, run_id, feature_names, files, note)
         except Exception as exc:  # noqa: BLE001
-            log.warning("could not keep a local copy of %s version %s under %s: %s", self.model_name, version,
-                        self.copies.root, exc)
+            log.warning(
+                "could not keep a local copy of %s version %s under %s: %s", self.model_name, version, copies.root, exc
+            )
 
-    def _predictor(self, version: str, run_id: str, tags: dict, feature_names: list[str], tmp: str):
+    def _predictor(
+        self, version: str, run_id: str, tags: dict[str, str], feature_names: list[str], tmp: str
+    ) -> tuple[Predictor, str | None, Path]:
         import mlflow.artifacts
 
-        parity = str(tags.get("onnx_parity", "")).lower() == "true"
+        try:
+            parity = parse_bool(tags.get(ONNX_PARITY_TAG), ONNX_PARITY_TAG, default=False)
+        except ValueError:  # a tag that is no boolean: the parity was not checked
+            parity = False
         note = None
         if self.backend == "onnx" or (self.backend == "auto" and parity):
             try:
                 onnx_path = mlflow.artifacts.download_artifacts(
-                    run_id=run_id, artifact_path=ONNX_ARTIFACT, dst_path=os.path.join(tmp, "onnx"),
-                    tracking_uri=self.tracking_uri)
+                    run_id=run_id,
+                    artifact_path=ONNX_ARTIFACT,
+                    dst_path=os.path.join(tmp, "onnx"),
+                    tracking_uri=self.tracking_uri,
+                )
                 return OnnxPredictor(Path(onnx_path).read_bytes(), len(feature_names)), None, Path(onnx_path)
             except Exception as exc:  # noqa: BLE001
                 if self.backend == "onnx" or _is_connection_problem(exc):
                     raise
                 note = f"ONNX artifact unusable ({exc}); serving the sklearn model"
         elif self.backend == "auto":
-            note = "run has no onnx_parity=true tag; serving the sklearn model"
+            note = f"run has no {ONNX_PARITY_TAG}=true tag; serving the sklearn model"
         import mlflow.sklearn
 
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{self.model_name}/{version}", dst_path=os.path.join(tmp, "model"),
-            tracking_uri=self.tracking_uri)
+            artifact_uri=f"models:/{self.model_name}/{version}",
+            dst_path=os.path.join(tmp, "model"),
+            tracking_uri=self.tracking_uri,
+        )
         model = mlflow.sklearn.load_model(local)
         return SklearnPredictor(model, feature_names), note, Path(local)
 
@@ -320,8 +395,9 @@ def load_copy(copies: ModelCopies, name: str, version: str, alias: str, backend:
 def _build_from_copy(copy: VerifiedCopy, alias: str) -> LoadedModel:
     feature_names, reference = _read_reference(copy.reference)
     if tuple(feature_names) != copy.feature_names:
-        raise ModelLoadError(f"its reference header {feature_names} differs from the manifest's "
-                             f"{list(copy.feature_names)}")
+        raise ModelLoadError(
+            f"its reference header {feature_names} differs from the manifest's {list(copy.feature_names)}"
+        )
     if copy.backend == "onnx":
         predictor: Predictor = OnnxPredictor(copy.artifact.read_bytes(), len(feature_names))
     else:
@@ -329,8 +405,19 @@ def _build_from_copy(copy: VerifiedCopy, alias: str) -> LoadedModel:
 
         predictor = SklearnPredictor(mlflow.sklearn.load_model(str(copy.artifact)), feature_names)
     _check_predicts(predictor, reference, copy.version)
-    return LoadedModel(copy.name, copy.version, alias, copy.run_id, tuple(feature_names), reference, predictor,
-                       _now_iso(), copy.backend_note, LOCAL_COPY, copy.saved_at)
+    return LoadedModel(
+        copy.name,
+        copy.version,
+        alias,
+        copy.run_id,
+        tuple(feature_names),
+        reference,
+        predictor,
+        iso_utc(),
+        copy.backend_note,
+        LOCAL_COPY,
+        copy.saved_at,
+    )
 
 
 def _read_reference(path: Path) -> tuple[list[str], np.ndarray]:

@@ -17,6 +17,7 @@ every digest matches; anything else makes it unusable (`CopyUnusable`, never ser
 catch damage (a partial write, a full disk, an edited file), not an attacker who can write the state
 directory: they could rewrite the manifest too, like the state file itself.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,18 +28,23 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 from urllib.parse import quote
 
-log = logging.getLogger("serving.model_cache")
+from serving.timestamps import iso_utc
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 REFERENCE = "reference.csv"
 ONNX_FILE = "model.onnx"
 SKLEARN_DIR = "model"
 FORMAT = 1
-BACKENDS = ("onnx", "sklearn")
+Backend = Literal["onnx", "sklearn"]  #: what predicts: onnxruntime or the scikit-learn estimator
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
@@ -49,20 +55,22 @@ class CopyUnusable(Exception):
 @dataclass(frozen=True)
 class CopyFiles:
     """What a loader downloaded for one version: enough to rebuild the served model without MLflow."""
+
     reference: Path
-    backend: str  # "onnx" | "sklearn"
+    backend: Backend
     artifact: Path  # the ONNX file, or the sklearn model directory
 
 
 @dataclass(frozen=True)
 class VerifiedCopy:
     """A copy whose files matched their digests when it was opened."""
+
     path: Path
     name: str
     version: str
     run_id: str
     feature_names: tuple[str, ...]
-    backend: str
+    backend: Backend
     backend_note: str | None
     saved_at: str
 
@@ -98,14 +106,10 @@ def _files_under(root: Path) -> dict[str, Path]:
     return found
 
 
-def _now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 class ModelCopies:
     """The copies of one serving state directory; several workers share it (each write is a rename)."""
 
-    def __init__(self, root: str | os.PathLike, keep: int = 3):
+    def __init__(self, root: str | os.PathLike[str], keep: int = 3):
         self.root = Path(root)
         self.keep = max(1, int(keep))
 
@@ -113,8 +117,15 @@ class ModelCopies:
         return self.root / _component(name) / _component(version)
 
     # -- writing -----------------------------------------------------------------------------------
-    def save(self, name: str, version: str, run_id: str, feature_names, files: CopyFiles,
-             backend_note: str | None = None) -> Path:
+    def save(
+        self,
+        name: str,
+        version: str,
+        run_id: str,
+        feature_names: Sequence[str],
+        files: CopyFiles,
+        backend_note: str | None = None,
+    ) -> Path:
         """Keep a copy of a version that was just loaded from MLflow; returns its directory. An
         existing copy that verifies is kept (and marked as used); a damaged one is replaced."""
         if files.backend not in BACKENDS:
@@ -141,9 +152,17 @@ class ModelCopies:
                 digests[rel] = _sha256(path)
             for dirpath, _dirs, _names in os.walk(tmp):
                 os.chmod(dirpath, 0o700)
-            manifest = {"format": FORMAT, "name": str(name), "version": str(version), "run_id": str(run_id),
-                        "feature_names": [str(f) for f in feature_names], "backend": files.backend,
-                        "backend_note": backend_note, "saved_at": _now_iso(), "files": digests}
+            manifest = {
+                "format": FORMAT,
+                "name": str(name),
+                "version": str(version),
+                "run_id": str(run_id),
+                "feature_names": [str(f) for f in feature_names],
+                "backend": files.backend,
+                "backend_note": backend_note,
+                "saved_at": iso_utc(),
+                "files": digests,
+            }
             fd = os.open(tmp / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 json.dump(manifest, fh, indent=1)
@@ -194,7 +213,7 @@ class ModelCopies:
             elif entry.is_dir():
                 copies.append((mtime, entry))
         copies.sort(reverse=True)
-        for _mtime, entry in copies[self.keep:]:
+        for _mtime, entry in copies[self.keep :]:
             if protect is None or entry != protect:
                 shutil.rmtree(entry, ignore_errors=True)
 
@@ -225,8 +244,10 @@ class ModelCopies:
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise CopyUnusable(f"{path}: {MANIFEST} is not a manifest of format {FORMAT}")
         if manifest.get("name") != str(name) or manifest.get("version") != str(version):
-            raise CopyUnusable(f"{path}: holds {manifest.get('name')!r} version {manifest.get('version')!r}, "
-                               f"not {name!r} version {version!r}")
+            raise CopyUnusable(
+                f"{path}: holds {manifest.get('name')!r} version {manifest.get('version')!r}, "
+                f"not {name!r} version {version!r}"
+            )
         backend, files, names = manifest.get("backend"), manifest.get("files"), manifest.get("feature_names")
         if backend not in BACKENDS or not isinstance(files, dict) or not isinstance(names, list) or not names:
             raise CopyUnusable(f"{path}: {MANIFEST} lacks backend, files or feature names")
@@ -237,11 +258,19 @@ class ModelCopies:
         on_disk = _files_under(path)
         if set(on_disk) != set(files):
             missing, extra = sorted(set(files) - set(on_disk)), sorted(set(on_disk) - set(files))
-            raise CopyUnusable(f"{path}: files differ from the manifest (missing {missing[:5]}, "
-                               f"unexpected {extra[:5]})")
+            raise CopyUnusable(
+                f"{path}: files differ from the manifest (missing {missing[:5]}, unexpected {extra[:5]})"
+            )
         for rel, expected in files.items():
             if _sha256(on_disk[rel]) != expected:
                 raise CopyUnusable(f"{path}: {rel} does not match its sha256 in {MANIFEST} (damaged or edited)")
-        return VerifiedCopy(path, str(name), str(version), str(manifest.get("run_id") or ""),
-                            tuple(str(n) for n in names), backend, manifest.get("backend_note"),
-                            str(manifest.get("saved_at") or ""))
+        return VerifiedCopy(
+            path,
+            str(name),
+            str(version),
+            str(manifest.get("run_id") or ""),
+            tuple(str(n) for n in names),
+            backend,
+            manifest.get("backend_note"),
+            str(manifest.get("saved_at") or ""),
+        )

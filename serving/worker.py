@@ -20,6 +20,7 @@ Bounds per worker: at most gunicorn's `worker_connections` connections in progre
 accepting while full), at most `max(64 MiB, 8 × SERVING_MAX_BODY_BYTES)` request bytes buffered
 (beyond that, 503 with Retry-After), request headers up to 64 KiB (431).
 """
+
 from __future__ import annotations
 
 import errno
@@ -31,6 +32,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Any
 
 from gunicorn import http, util
 from gunicorn.http import errors as gerrors
@@ -50,12 +52,14 @@ _TE_BEFORE_CHUNKED = (b"gzip", b"deflate", b"compress", b"identity")  # what gun
 @dataclass(frozen=True)
 class Complete:
     """The request is all there: the first `end` bytes of the buffer (anything after it is ignored)."""
+
     end: int
 
 
 @dataclass(frozen=True)
 class Reject:
     """Answer `status` with `message` and close; the request never reaches the app."""
+
     status: int
     message: str
 
@@ -102,10 +106,14 @@ class RequestBuffer:
         if self.head_end is None:
             return f"request headers incomplete: {len(self.data)} bytes arrived within {seconds:g} s"
         if self.chunked:
-            return (f"request body incomplete: chunked body without its last chunk, {self.body_received} bytes "
-                    f"arrived within {seconds:g} s")
-        return (f"request body incomplete: Content-Length {self.content_length} but {self.body_received} bytes "
-                f"arrived within {seconds:g} s")
+            return (
+                f"request body incomplete: chunked body without its last chunk, {self.body_received} bytes "
+                f"arrived within {seconds:g} s"
+            )
+        return (
+            f"request body incomplete: Content-Length {self.content_length} but {self.body_received} bytes "
+            f"arrived within {seconds:g} s"
+        )
 
     # -- internals --------------------------------------------------------------------------------
     def _advance(self) -> Complete | Reject | None:
@@ -115,12 +123,16 @@ class RequestBuffer:
                 return found
             if self._state == "head":
                 return None
+        head_end = self.head_end
+        assert head_end is not None  # past the "head" state
         if self._state == "done":
-            return Complete(self.head_end)
+            return Complete(head_end)
         if self._state == "length":
-            self.body_received = min(len(self.data) - self.head_end, self.content_length)
-            if self.body_received == self.content_length:
-                return Complete(self.head_end + self.content_length)
+            length = self.content_length
+            assert length is not None  # the "length" state has one
+            self.body_received = min(len(self.data) - head_end, length)
+            if self.body_received == length:
+                return Complete(head_end + length)
             result = None
         else:
             result = self._advance_chunked()
@@ -182,13 +194,15 @@ class RequestBuffer:
                 return Reject(400, f"invalid Content-Length {_text(value)!r}")
             self.content_length = int(value)
             if self.content_length > self.max_body:
-                return Reject(413, f"request body of {self.content_length} bytes is over the limit of "
-                                   f"{self.max_body} bytes")
+                return Reject(
+                    413, f"request body of {self.content_length} bytes is over the limit of {self.max_body} bytes"
+                )
             self._state = "length" if self.content_length else "done"
         else:
             self._state = "done"  # no body (RFC 9112 6.3: a request without either has none)
-        self._expect_continue = (self._state != "done" and expect is not None
-                                 and version is not None and version >= (1, 1))
+        self._expect_continue = (
+            self._state != "done" and expect is not None and version is not None and version >= (1, 1)
+        )
         return None
 
     def _advance_chunked(self) -> Complete | Reject | None:
@@ -200,7 +214,7 @@ class RequestBuffer:
                     if len(data) - self._pos > MAX_CHUNK_LINE:
                         return Reject(400, f"chunk size line longer than {MAX_CHUNK_LINE} bytes")
                     return None
-                size_part, sep, ext = bytes(data[self._pos:idx]).partition(b";")
+                size_part, sep, ext = bytes(data[self._pos : idx]).partition(b";")
                 if sep:
                     if b"\r" in ext:
                         return Reject(400, "invalid chunk extension (bare CR)")
@@ -227,14 +241,14 @@ class RequestBuffer:
             elif self._state == "crlf":
                 if len(data) - self._pos < 2:
                     return None
-                if data[self._pos:self._pos + 2] != b"\r\n":
+                if data[self._pos : self._pos + 2] != b"\r\n":
                     return Reject(400, "chunk data not followed by CRLF (chunk size and data disagree)")
                 self._pos += 2
                 self._state = "size"
             else:  # trailer: an empty line, or trailer fields ending in an empty line
                 if len(data) - self._pos < 2:
                     return None
-                if data[self._pos:self._pos + 2] == b"\r\n":
+                if data[self._pos : self._pos + 2] == b"\r\n":
                     return Complete(self._pos + 2)
                 idx = data.find(b"\r\n\r\n", self._pos)
                 if idx < 0:
@@ -247,8 +261,13 @@ class RequestBuffer:
 def _http_version(request_line: bytes) -> tuple[int, int] | None:
     parts = request_line.split(b" ")
     proto = parts[-1] if len(parts) == 3 else b""
-    if len(proto) == 8 and proto.startswith(b"HTTP/") and proto[5:6].isdigit() and proto[7:8].isdigit() \
-            and proto[6:7] == b".":
+    if (
+        len(proto) == 8
+        and proto.startswith(b"HTTP/")
+        and proto[5:6].isdigit()
+        and proto[7:8].isdigit()
+        and proto[6:7] == b"."
+    ):
         return int(proto[5:6]), int(proto[7:8])
     return None  # gunicorn will refuse the request line
 
@@ -264,13 +283,15 @@ def json_error(status: int, message: str, extra_headers: str = "") -> bytes:
         reason = HTTPStatus(status).phrase
     except ValueError:
         reason = "Error"
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            f"Connection: close\r\n{extra_headers}\r\n")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"Connection: close\r\n{extra_headers}\r\n"
+    )
     return head.encode("latin-1") + body
 
 
 # gunicorn's own parse errors, with the status gunicorn/workers/base.py handle_error gives them
-_GUNICORN_ERRORS: tuple[tuple[type | tuple, int, str], ...] = (
+_GUNICORN_ERRORS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int, str], ...] = (
     (gerrors.LimitRequestHeaders, 431, "request header fields too large: {}"),
     (gerrors.ExpectationFailed, 417, "{}"),
     (gerrors.UnsupportedTransferCoding, 501, "{}"),
@@ -280,8 +301,19 @@ _GUNICORN_ERRORS: tuple[tuple[type | tuple, int, str], ...] = (
     (gerrors.InvalidRequestLine, 400, "invalid request line: {}"),
     (gerrors.InvalidRequestMethod, 400, "invalid method: {}"),
     (gerrors.InvalidHTTPVersion, 400, "invalid HTTP version: {}"),
-    ((gerrors.InvalidHeader, gerrors.InvalidHeaderName, gerrors.ObsoleteFolding, gerrors.LimitRequestLine,
-      gerrors.InvalidProxyLine, gerrors.InvalidSchemeHeaders, gerrors.InvalidH2CPreface), 400, "{}"),
+    (
+        (
+            gerrors.InvalidHeader,
+            gerrors.InvalidHeaderName,
+            gerrors.ObsoleteFolding,
+            gerrors.LimitRequestLine,
+            gerrors.InvalidProxyLine,
+            gerrors.InvalidSchemeHeaders,
+            gerrors.InvalidH2CPreface,
+        ),
+        400,
+        "{}",
+    ),
 )
 
 
@@ -296,7 +328,7 @@ def gunicorn_error_status(exc: BaseException) -> tuple[int, str] | None:
 class _Conn:
     __slots__ = ("sock", "fd", "addr", "listener", "buf", "deadline", "lingering", "drained", "drain_max", "closed")
 
-    def __init__(self, sock, addr, listener, buf: RequestBuffer, deadline: float) -> None:
+    def __init__(self, sock: socket.socket, addr: Any, listener: Any, buf: RequestBuffer, deadline: float) -> None:
         self.sock, self.fd, self.addr, self.listener, self.buf = sock, sock.fileno(), addr, listener, buf
         self.deadline = deadline
         self.lingering = False
@@ -313,18 +345,24 @@ _ACCEPTS_PER_ROUND = 1
 _SCAN_SECONDS = 0.2  # how often deadlines are checked while connections are in progress
 
 
-class BufferingSyncWorker(SyncWorker):
+class BufferingSyncWorker(SyncWorker):  # type: ignore[misc]  # gunicorn has no type hints
     """See the module docstring. Falls back to the plain sync loop for TLS, uwsgi and PROXY protocol
     listeners (the buffer reads plain HTTP/1.x)."""
 
     MIN_BUFFER_BUDGET = 64 * 1024 * 1024  # request bytes buffered per worker (or 8 bodies, if more)
 
     def run(self) -> None:
-        if self.cfg.is_ssl or getattr(self.cfg, "protocol", "http") != "http" \
-                or getattr(self.cfg, "proxy_protocol", "off") not in ("off", False, None):
-            self.log.warning("BufferingSyncWorker: TLS, uwsgi or PROXY protocol configured; "
-                             "running as the plain sync worker (no header/body read timeouts)")
-            return super().run()
+        if (
+            self.cfg.is_ssl
+            or getattr(self.cfg, "protocol", "http") != "http"
+            or getattr(self.cfg, "proxy_protocol", "off") not in ("off", False, None)
+        ):
+            self.log.warning(
+                "BufferingSyncWorker: TLS, uwsgi or PROXY protocol configured; "
+                "running as the plain sync worker (no header/body read timeouts)"
+            )
+            super().run()
+            return
         from serving.config import ServingConfig  # not at import: the master imports this module
 
         settings = ServingConfig.from_env()
@@ -360,8 +398,7 @@ class BufferingSyncWorker(SyncWorker):
                 drain_until = now + min(DRAIN_SECONDS, max(self.cfg.graceful_timeout - 1.0, 0.0))
             if drain_until is not None and (not self.conns or now >= drain_until):
                 return
-            self._set_accepting(drain_until is None and len(self.conns) < self.max_conns
-                                and now >= self.accept_resume)
+            self._set_accepting(drain_until is None and len(self.conns) < self.max_conns and now >= self.accept_resume)
             wait = heartbeat
             if self.conns:
                 wait = min(wait, max(next_scan - now, 0.0))
@@ -397,7 +434,7 @@ class BufferingSyncWorker(SyncWorker):
             else:
                 self.selector.unregister(s)
 
-    def _accept(self, listener) -> None:
+    def _accept(self, listener: Any) -> None:
         for _ in range(_ACCEPTS_PER_ROUND):
             if not self.alive or len(self.conns) >= self.max_conns:
                 return
@@ -414,8 +451,7 @@ class BufferingSyncWorker(SyncWorker):
                 return
             client.setblocking(False)
             util.close_on_exec(client)
-            conn = _Conn(client, addr, listener, RequestBuffer(self.max_body),
-                         time.monotonic() + self.header_timeout)
+            conn = _Conn(client, addr, listener, RequestBuffer(self.max_body), time.monotonic() + self.header_timeout)
             stale = self.conns.get(conn.fd)
             if stale is not None:  # its socket was closed behind our back: forget it, close nothing
                 self._close(stale, close_socket=False)
@@ -472,7 +508,7 @@ class BufferingSyncWorker(SyncWorker):
     def _serve(self, conn: _Conn, done: Complete) -> None:
         """The normal sync path (gunicorn's parser, then SyncWorker.handle_request) over the buffered bytes."""
         client, addr = conn.sock, conn.addr
-        data = bytes(conn.buf.data[:done.end])
+        data = bytes(conn.buf.data[: done.end])
         self.buffered -= len(conn.buf.data)
         conn.buf.data = bytearray()
         # blocking again for the app and the answer; the timeout only guards against a client that
@@ -488,9 +524,12 @@ class BufferingSyncWorker(SyncWorker):
             self.log.debug("Ignored premature client disconnection. %s", exc)
         except StopIteration as exc:
             self.log.debug("Closing connection. %s", exc)
-        except socket.timeout:
-            self.log.warning("client %s did not read its response within %s s; connection closed",
-                             addr[0] if addr else "", client.gettimeout())
+        except TimeoutError:
+            self.log.warning(
+                "client %s did not read its response within %s s; connection closed",
+                addr[0] if addr else "",
+                client.gettimeout(),
+            )
             self._close(conn)
             return
         except OSError as exc:
@@ -509,7 +548,7 @@ class BufferingSyncWorker(SyncWorker):
         conn.drain_max = max(REFUSED_BODY_DRAIN_BYTES, 2 * self.max_body)
         self._start_linger(conn)
 
-    def handle_error(self, req, client, addr, exc) -> None:
+    def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
         """gunicorn's parse errors answer JSON with gunicorn's status code; anything else 500 JSON."""
         known = gunicorn_error_status(exc)
         if known is not None:
@@ -527,7 +566,7 @@ class BufferingSyncWorker(SyncWorker):
             self.log.debug("Failed to send error message.")
 
     # -- closing ----------------------------------------------------------------------------------
-    def _send_quietly(self, sock, data: bytes) -> None:
+    def _send_quietly(self, sock: socket.socket, data: bytes) -> None:
         try:
             sock.send(data)  # small; a fresh connection's send buffer takes it whole
         except OSError:

@@ -4,12 +4,15 @@ Everything lives under `.stack/` (or $STACK_DIR): databases, artifacts, logs, pi
 secrets. Ports come from the environment (MLFLOW_PORT, SERVING_PORT, AIRFLOW_PORT) with fixed
 defaults, so that URLs stay stable between runs.
 """
+
 from __future__ import annotations
 
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+
+from driftloop.contract import DEFAULT_MODEL_NAME, MLFLOW_TRACKING_URI_ENV
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -22,11 +25,11 @@ class StackConfig:
     serving_port: int = 8000
     airflow_port: int = 8080
     serving_workers: int = 2
-    model_name: str = "iris-model"
+    model_name: str = DEFAULT_MODEL_NAME
     host: str = HOST
 
     @classmethod
-    def from_env(cls, root: Path | None = None) -> "StackConfig":
+    def from_env(cls, root: Path | None = None) -> StackConfig:
         env = os.environ
         return cls(
             root=Path(root or env.get("STACK_DIR") or REPO_ROOT / ".stack").resolve(),
@@ -34,11 +37,11 @@ class StackConfig:
             serving_port=int(env.get("SERVING_PORT", 8000)),
             airflow_port=int(env.get("AIRFLOW_PORT", 8080)),
             serving_workers=int(env.get("SERVING_WORKERS", 2)),
-            model_name=env.get("MODEL_NAME") or "iris-model",
+            model_name=env.get("MODEL_NAME") or DEFAULT_MODEL_NAME,
         )
 
     @property
-    def mlflow_url(self) -> str:
+    def mlflow_tracking_uri(self) -> str:
         return f"http://{self.host}:{self.mlflow_port}"
 
     @property
@@ -117,11 +120,11 @@ def _fernet_key() -> str:
     return Fernet.generate_key().decode()
 
 
-def mlflow_client_env(secrets: dict[str, str], url: str) -> dict[str, str]:
+def mlflow_client_env(secrets: dict[str, str], tracking_uri: str) -> dict[str, str]:
     """What a process needs to talk to the stack's MLflow server with the MLflow client as it is."""
     return {
-        "MLFLOW_TRACKING_URI": url,
-        "MLFLOW_REGISTRY_URI": url,
+        MLFLOW_TRACKING_URI_ENV: tracking_uri,
+        "MLFLOW_REGISTRY_URI": tracking_uri,
         "MLFLOW_TRACKING_USERNAME": secrets["MLFLOW_TRACKING_USERNAME"],
         "MLFLOW_TRACKING_PASSWORD": secrets["MLFLOW_TRACKING_PASSWORD"],
     }

@@ -2,15 +2,21 @@
 zombie, not a recycled pid; never by its process group, which orphans keep alive after the leader
 died), then by its health endpoint or, for Airflow's scheduler, dag-processor and triggerer, by the
 job heartbeat Airflow records (what Airflow itself uses to decide that a component is dead)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+
+import requests
 
 from stack.config import StackConfig
 from stack.procs import LeaderState, leader_state
 from stack.services import AIRFLOW_COMPONENTS, ServiceSpec
+
+#: The api-server's view of the Airflow components: {component: (status, latest heartbeat or None)}.
+AirflowHealth = dict[str, tuple[str | None, datetime | None]]
 
 
 def pid_file(cfg: StackConfig, name: str) -> Path:
@@ -38,8 +44,6 @@ def read_leader(cfg: StackConfig, name: str) -> LeaderState | None:
 def probe(url: str, timeout: float = 5.0) -> tuple[bool, str]:
     """One GET of a health endpoint: (healthy, why not). A JSON body with a `status` other than
     ok/healthy (serving's "degraded", "not ready") is unhealthy even when the HTTP status is 2xx."""
-    import requests
-
     try:
         resp = requests.get(url, timeout=timeout)
     except requests.RequestException as exc:
@@ -57,16 +61,14 @@ def probe(url: str, timeout: float = 5.0) -> tuple[bool, str]:
     return False, why
 
 
-def airflow_health(cfg: StackConfig) -> dict:
+def airflow_health(cfg: StackConfig) -> AirflowHealth:
     """The api-server's view of the Airflow components: {component: (status, latest heartbeat or None)},
     plus "metadatabase"; {} when the api-server does not answer."""
-    import requests
-
     try:
         body = requests.get(f"{cfg.airflow_url}/api/v2/monitor/health", timeout=5).json()
     except (requests.RequestException, ValueError):
         return {}
-    found = {}
+    found: AirflowHealth = {}
     for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"):
         entry = body.get(part) or {}
         beat = entry.get(f"latest_{part}_heartbeat")
@@ -77,12 +79,13 @@ def airflow_health(cfg: StackConfig) -> dict:
 def heartbeat_age(beat: datetime | None) -> str:
     if beat is None:
         return "no heartbeat recorded"
-    return f"last heartbeat {(datetime.now(timezone.utc) - beat).total_seconds():.0f}s ago"
+    return f"last heartbeat {(datetime.now(UTC) - beat).total_seconds():.0f}s ago"
 
 
 @dataclass
 class PartState:
     """What `status` prints for one part and what `run` acts on. kind: stopped, dead or running."""
+
     name: str
     kind: str
     pid: int | None = None
@@ -96,11 +99,11 @@ class PartState:
         if self.kind == "stopped":
             return "stopped"
         if self.kind == "dead":
-            return f"dead ({self.leader.describe()})"
+            return f"dead ({self.leader.describe() if self.leader else 'no leader'})"
         return "running, healthy" if self.healthy else f"running, NOT healthy ({self.why})"
 
 
-def inspect_part(cfg: StackConfig, spec: ServiceSpec, components: dict | None) -> PartState:
+def inspect_part(cfg: StackConfig, spec: ServiceSpec, components: AirflowHealth | None) -> PartState:
     """`components`: airflow_health() (None when not fetched: Airflow components are then judged by
     their leader only and count as healthy)."""
     leader = read_leader(cfg, spec.name)
@@ -115,8 +118,11 @@ def inspect_part(cfg: StackConfig, spec: ServiceSpec, components: dict | None) -
     elif spec.name in AIRFLOW_COMPONENTS and components is not None:
         status, beat = components.get(AIRFLOW_COMPONENTS[spec.name], (None, None))
         ok = status == "healthy"
-        why = ("Airflow health unknown: the api-server does not answer" if not components
-               else f"Airflow says {status or 'nothing'}, {heartbeat_age(beat)}")
+        why = (
+            "Airflow health unknown: the api-server does not answer"
+            if not components
+            else f"Airflow says {status or 'nothing'}, {heartbeat_age(beat)}"
+        )
     else:
         ok, why = True, ""
     return PartState(spec.name, "running", leader.pid, ok, why, leader, answers)

@@ -6,6 +6,7 @@ new cluster in a temporary directory, listening on 127.0.0.1 and a free port, pa
 authentication (scram-sha-256) for TCP. `initdb` and `pg_ctl` refuse to run as root: as root they
 run as the `postgres` user (Debian's package creates it).
 """
+
 from __future__ import annotations
 
 import glob
@@ -15,11 +16,11 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from stack.procs import free_port
+from stack.waiting import NotYet, poll
 
 SUPERUSER = "driftloop"
 
@@ -36,12 +37,15 @@ def find_bin_dir() -> Path:
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
     if candidates:
         return Path(candidates[-1]).parent
-    raise PostgresNotInstalled("PostgreSQL server binaries (initdb, pg_ctl) not found; on Debian: apt-get install postgresql")
+    raise PostgresNotInstalled(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found; on Debian: apt-get install postgresql"
+    )
 
 
 @dataclass
 class LocalPostgres:
     """One running cluster; `url(db)` gives a libpq URL with the generated password."""
+
     root: Path
     port: int
     password: str
@@ -64,12 +68,24 @@ class LocalPostgres:
     def _run(self, *args: str, timeout: float = 120) -> None:
         proc = subprocess.run(self._cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=self.root)
         if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(args[:2])} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+            output = proc.stderr.strip() or proc.stdout.strip()
+            raise RuntimeError(f"{' '.join(args[:2])} failed ({proc.returncode}): {output}")
 
     def start(self) -> None:
         options = f"-p {self.port} -c listen_addresses={self.host} -k {self.root} -c fsync=on"
-        self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.root / "server.log"), "-o", options,
-                  "-w", "-t", "60", "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.root / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         self._running = True
 
     def stop(self, mode: str = "fast") -> None:
@@ -92,7 +108,23 @@ class LocalPostgres:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_local_postgres(parent: str | os.PathLike | None = None) -> LocalPostgres:
+def wait_tcp(server: LocalPostgres, timeout: float) -> None:
+    """Block until the server accepts a TCP login; the last connection error after `timeout` seconds."""
+    import psycopg
+
+    def connects() -> None:
+        try:
+            psycopg.connect(server.url(), connect_timeout=2).close()
+        except psycopg.Error as exc:
+            raise NotYet(f"PostgreSQL on {server.host}:{server.port} does not accept a login: {exc}") from exc
+
+    try:
+        poll(connects, timeout=timeout, interval=0.2)
+    except NotYet as exc:
+        raise TimeoutError(f"{exc} (waited {timeout:.0f}s)") from exc.__cause__
+
+
+def start_local_postgres(parent: str | os.PathLike[str] | None = None) -> LocalPostgres:
     """initdb + start a new cluster in a new temporary directory. Call `.destroy()` when done."""
     bin_dir = find_bin_dir()
     root = Path(tempfile.mkdtemp(prefix="driftloop-pg-", dir=parent))
@@ -102,7 +134,9 @@ def start_local_postgres(parent: str | os.PathLike | None = None) -> LocalPostgr
         try:
             entry = pwd.getpwnam(run_as)
         except KeyError as exc:
-            raise PostgresNotInstalled("running as root needs the 'postgres' user (Debian's postgresql package)") from exc
+            raise PostgresNotInstalled(
+                "running as root needs the 'postgres' user (Debian's postgresql package)"
+            ) from exc
         os.chown(root, entry.pw_uid, entry.pw_gid)
         os.chmod(root, 0o700)
     password = secrets.token_urlsafe(16)
@@ -114,21 +148,22 @@ def start_local_postgres(parent: str | os.PathLike | None = None) -> LocalPostgr
         entry = pwd.getpwnam(run_as)
         os.chown(pwfile, entry.pw_uid, entry.pw_gid)
     try:
-        server._run("initdb", "-D", str(server.data_dir), "-U", SUPERUSER, f"--pwfile={pwfile}",
-                    "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync")
+        server._run(
+            "initdb",
+            "-D",
+            str(server.data_dir),
+            "-U",
+            SUPERUSER,
+            f"--pwfile={pwfile}",
+            "--auth-local=scram-sha-256",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
         pwfile.unlink()
         server.start()
-        deadline = time.monotonic() + 30
-        while True:  # pg_ctl -w waited for the socket; make sure TCP answers too
-            try:
-                import psycopg
-
-                psycopg.connect(server.url(), connect_timeout=2).close()
-                break
-            except Exception:  # noqa: BLE001 - retried until the deadline
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        wait_tcp(server, timeout=30)  # pg_ctl -w waited for the socket; make sure TCP answers too
     except BaseException:
         server.destroy()
         raise

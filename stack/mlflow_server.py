@@ -2,6 +2,7 @@
 bound to 127.0.0.1, and (in the stack) MLflow's basic-auth app, so that nobody without the stack's
 generated login can register a model or move the `champion` alias. Used by `make run` and by the
 test fixtures (which run it without auth unless asked)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -21,11 +22,16 @@ def mlflow_command(state_dir: Path, host: str, port: int, auth: bool = False) ->
     return [
         str(Path(sys.executable).with_name("mlflow")),
         "server",
-        "--backend-store-uri", f"sqlite:///{state_dir / 'mlflow.db'}",
-        "--artifacts-destination", str(state_dir / "artifacts"),
-        "--host", host,
-        "--port", str(port),
-        "--workers", MLFLOW_WORKERS,
+        "--backend-store-uri",
+        f"sqlite:///{state_dir / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(state_dir / "artifacts"),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        MLFLOW_WORKERS,
         *(["--app-name", "basic-auth"] if auth else []),
     ]
 
@@ -57,12 +63,15 @@ def auth_server_env(state_dir: Path, secrets: dict[str, str]) -> dict[str, str]:
     }
 
 
-def start_mlflow(state_dir: Path, port: int, host: str = "127.0.0.1", log_path: Path | None = None,
-                 timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
+def start_mlflow(
+    state_dir: Path, port: int, host: str = "127.0.0.1", log_path: Path | None = None, timeout: float = 180.0
+) -> tuple[subprocess.Popen[bytes], str]:
     """Start the server and wait until /health answers; returns the process and its URL."""
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    proc = start_process(mlflow_command(state_dir, host, port), log_path or state_dir / "mlflow.log", env=MLFLOW_SERVER_ENV)
+    proc = start_process(
+        mlflow_command(state_dir, host, port), log_path or state_dir / "mlflow.log", env=MLFLOW_SERVER_ENV
+    )
     url = f"http://{host}:{port}"
     wait_http_ok(f"{url}/health", timeout=timeout, proc=proc)
     return proc, url

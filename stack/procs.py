@@ -4,26 +4,28 @@ Shared by the test fixtures and by `make run`, so that what the tests start is e
 start. Every service runs in its own process group: Airflow and gunicorn fork children, and only a
 group signal (with a SIGKILL fallback) reliably stops all of them.
 """
+
 from __future__ import annotations
 
 import os
 import signal
 import socket
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+import requests
+
+from stack.waiting import NotYet, poll
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nobody listens on right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -32,47 +34,48 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def start_process(cmd: list[str], log_path: Path, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
+def start_process(
+    cmd: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     """Start `cmd` detached in a new session (its own process group), output appended to log_path."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab")
-    return subprocess.Popen(
-        cmd,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-        start_new_session=True,
-    )
+    with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
+        )
 
 
-def wait_http_ok(url: str, timeout: float, proc: subprocess.Popen | None = None, interval: float = 0.5) -> None:
+def wait_http_ok(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None, interval: float = 0.5) -> None:
     """Block until GET url answers 2xx; raise with the reason when it does not within timeout.
 
     Fails early when the process we are waiting for has already exited.
     """
-    deadline = time.monotonic() + timeout
-    last_error = "no answer"
-    while time.monotonic() < deadline:
+
+    def answered() -> None:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process for {url} exited with code {proc.returncode} before it was healthy")
         try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                if 200 <= resp.status < 300:
-                    return
-                last_error = f"HTTP {resp.status}"
-        except urllib.error.HTTPError as exc:
-            last_error = f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError) as exc:
-            last_error = str(exc)
-        time.sleep(interval)
-    raise TimeoutError(f"{url} not healthy after {timeout:.0f}s: {last_error}")
+            resp = requests.get(url, timeout=5)
+        except requests.RequestException as exc:
+            raise NotYet(str(exc)) from None
+        if not 200 <= resp.status_code < 300:
+            raise NotYet(f"HTTP {resp.status_code}")
+
+    try:
+        poll(answered, timeout=timeout, interval=interval)
+    except NotYet as exc:
+        raise TimeoutError(f"{url} not healthy after {timeout:.0f}s: {exc}") from None
 
 
 def group_members(pgid: int) -> list[psutil.Process]:
     """The live (not zombie) processes of process group `pgid`, the leader included if it lives."""
-    members = []
+    members: list[psutil.Process] = []
     for proc in psutil.process_iter():
         try:
             if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
@@ -104,6 +107,7 @@ class LeaderState:
     group, or it is younger than the pid file); the kernel does not hand out a pid that is still some
     group's id, so our group is then empty. `leftovers`: other live processes in the group of a leader
     that is not alive (orphans such as LocalExecutor workers, which outlive a killed scheduler)."""
+
     pid: int
     alive: bool
     zombie: bool = False
@@ -112,8 +116,13 @@ class LeaderState:
     started_at: float | None = None
 
     def describe(self) -> str:
-        why = ("is a zombie" if self.zombie else
-               "gone (the pid now belongs to another process)" if self.recycled else "gone")
+        why = (
+            "is a zombie"
+            if self.zombie
+            else "gone (the pid now belongs to another process)"
+            if self.recycled
+            else "gone"
+        )
         left = f"{self.leftovers} leftover process{'' if self.leftovers == 1 else 'es'} in its group"
         return f"leader pid {self.pid} {why}, {left}"
 
@@ -150,21 +159,28 @@ def stop_group(pgid: int, grace: float = 10.0) -> bool:
         os.killpg(pgid, signal.SIGCONT)  # a stopped (SIGSTOPped) process acts on SIGTERM only once resumed
     except ProcessLookupError:
         pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        _reap(pgid)
-        if not group_alive(pgid):
-            return True
+    if wait_group_gone(pgid, grace, interval=0.2):
+        return True
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    for _ in range(50):
-        time.sleep(0.1)
+    wait_group_gone(pgid, 5.0, interval=0.1)
+    return True
+
+
+def wait_group_gone(pgid: int, timeout: float, interval: float = 0.2) -> bool:
+    """Whether every process of the group is gone (zombies count as gone) within `timeout` seconds."""
+
+    def gone() -> None:
         _reap(pgid)
-        if not group_alive(pgid):
-            break
+        if group_alive(pgid):
+            raise NotYet(f"process group {pgid} still runs")
+
+    try:
+        poll(gone, timeout=timeout, interval=interval)
+    except NotYet:
+        return False
     return True
 
 

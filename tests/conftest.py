@@ -1,4 +1,5 @@
 """Session-wide fixtures: one real MLflow tracking server for the whole test run."""
+
 from __future__ import annotations
 
 import os

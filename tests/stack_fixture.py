@@ -2,6 +2,7 @@
 the lifecycle/e2e test, the browser tests and the security checks. Starting it costs ~2.5 minutes on
 this machine, so it is started once per test session, on free ports in a temporary directory, and
 stopped at the end (the lifecycle test also stops it and checks that nothing is left)."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stack.config import StackConfig, read_env_file
-from stack.manager import stack_stragglers
 from stack.procs import free_port
+from stack.stop import stack_stragglers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,16 +21,21 @@ REPO = Path(__file__).resolve().parents[1]
 def stack_env(root: Path) -> dict:
     # The stack must not depend on what the test process carries (mlflow.set_tracking_uri and
     # set_registry_uri write MLFLOW_* variables into the environment of whoever calls them).
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AIRFLOW", "MLFLOW", "SERVING_", "DRIFT_", "GUNICORN_", "PROMETHEUS_", "KFP_"))}
-    env.update(STACK_DIR=str(root), MLFLOW_PORT=str(free_port()), SERVING_PORT=str(free_port()),
-               AIRFLOW_PORT=str(free_port()))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AIRFLOW", "MLFLOW", "SERVING_", "DRIFT_", "GUNICORN_", "PROMETHEUS_", "KFP_"))
+    }
+    env.update(
+        STACK_DIR=str(root), MLFLOW_PORT=str(free_port()), SERVING_PORT=str(free_port()), AIRFLOW_PORT=str(free_port())
+    )
     return env
 
 
 def stack_cmd(env: dict, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stack", *args], capture_output=True, text=True, cwd=REPO,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "stack", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout
+    )
 
 
 def stack_processes(root: Path) -> list[int]:

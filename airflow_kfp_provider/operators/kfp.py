@@ -10,32 +10,38 @@ What ``execute`` does, in order:
 3. looks for a run with that name and adopts it if it exists (a retried or restarted task never
    submits a second run); only if the newest run of that name *failed or was canceled* and
    ``rerun_failed`` is set does it submit a new attempt named ``<name>-a2``, ``-a3``, ...;
-4. pushes ``run_id`` and ``run_name`` to XCom before waiting;
+4. pushes ``run_id`` and ``run_name`` to XCom, and the run's URL for the "KFP run" extra link;
 5. returns at once when the run is already final, else defers to :class:`KfpRunTrigger` (no worker
-   slot held while waiting) with a deadline of ``timeout``;
+   slot held while waiting) with a deadline of ``timeout``; with ``deferrable=False`` it runs the same
+   wait loop (:func:`airflow_kfp_provider.wait.wait_for_run`) in the worker;
 6. ``execute_complete`` returns the run (state, outputs, ...) on success and raises with the run's
-   error on FAILED/CANCELED, on timeout (after canceling the run) and when the trigger gave up.
+   error on FAILED/CANCELED, on timeout (after canceling the run) and when the wait gave up.
 
 ``on_kill`` cancels the run when the task is killed while it is running on a worker; when the task
 is deferred, the trigger's ``on_kill`` does it.
 """
+
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import time
+from collections.abc import Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, conf
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from airflow_kfp_provider.links.kfp import KfpRunLink
 from airflow_kfp_provider.states import DEFAULT_MAX_TRANSIENT_ERRORS, DEFAULT_POLL_INTERVAL, run_event
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_kfp_provider.hooks.kfp import KfpHook, PipelineRun
+    from airflow_kfp_provider.hooks.base import PipelineRun
+    from airflow_kfp_provider.hooks.kfp import KfpHook
 
 MAX_RUN_NAME = 100
 MAX_ATTEMPTS = 20
@@ -45,11 +51,11 @@ def sanitize_name(text: str) -> str:
     return re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9]+", "-", text.lower())).strip("-")
 
 
-def build_run_name(dag_id: str, task_id: str, run_id: str, map_index: int = -1) -> str:
-    """Deterministic, readable, unique per (dag, task, DAG run, map index); at most ~110 characters."""
-    raw = f"{dag_id}|{task_id}|{run_id}|{map_index}"
+def build_run_name(dag_id: str, task_id: str, dag_run_id: str, map_index: int = -1) -> str:
+    """Deterministic, readable, unique per (dag, task, Airflow DAG run, map index); at most ~110 characters."""
+    raw = f"{dag_id}|{task_id}|{dag_run_id}|{map_index}"
     digest = hashlib.sha1(raw.encode("utf-8")).hexdigest()[:8]
-    parts = [dag_id, task_id, run_id] + ([str(map_index)] if map_index is not None and map_index >= 0 else [])
+    parts = [dag_id, task_id, dag_run_id] + ([str(map_index)] if map_index is not None and map_index >= 0 else [])
     base = sanitize_name("-".join(parts))[:MAX_RUN_NAME].rstrip("-")
     return f"{base}-{digest}"
 
@@ -61,17 +67,17 @@ def attempt_name(run_name: str, attempt: int) -> str:
 class KfpRunPipelineOperator(BaseOperator):
     """Submit a compiled KFP pipeline and wait for the run (deferrable), at most one run per try.
 
-    :param pipeline_package: compiled pipeline YAML (templated). Default: ``$KFP_PIPELINE_PACKAGE``, else
-        ``kfp_components/retrain_pipeline.yaml`` of the installed project.
+    :param pipeline_package: compiled pipeline YAML (templated). Default: ``$KFP_PIPELINE_PACKAGE``.
     :param pipeline_params: pipeline arguments (templated); values are converted to the types the
         pipeline declares (``"100"`` -> 100 for an integer parameter) and unknown names are rejected.
     :param kfp_conn_id: Airflow connection selecting the backend (``local`` or ``kfp``).
     :param run_name: explicit run name (templated); default: derived from the DAG run.
-    :param run_name_param: pipeline parameter that receives the run name (``run_tag`` in this project,
-        which the pipeline stores as MLflow tag ``retrain_run``); None to pass nothing. Only used when
-        the pipeline declares it and ``pipeline_params`` does not set it.
+    :param run_name_param: pipeline parameter that receives the run name (e.g. a tag the pipeline records
+        with its results); None (the default) to pass nothing. Only used when the pipeline declares it
+        and ``pipeline_params`` does not set it.
     :param wait_for_completion: wait for the run (else return after submitting).
-    :param deferrable: wait in the triggerer (default) rather than in a worker slot.
+    :param deferrable: wait in the triggerer rather than in a worker slot. Default: Airflow's
+        ``[operators] default_deferrable`` setting.
     :param poll_interval: seconds between looks at the run.
     :param timeout: how long to wait for the run; then it is canceled and the task fails.
     :param max_transient_errors: consecutive transient errors tolerated while waiting.
@@ -82,6 +88,7 @@ class KfpRunPipelineOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("pipeline_package", "pipeline_params", "run_name", "kfp_conn_id")
     template_fields_renderers = {"pipeline_params": "json"}
+    operator_extra_links = (KfpRunLink(),)
     ui_color = "#b8e0f7"
 
     def __init__(
@@ -91,9 +98,9 @@ class KfpRunPipelineOperator(BaseOperator):
         pipeline_params: dict[str, Any] | None = None,
         kfp_conn_id: str = "kfp_default",
         run_name: str | None = None,
-        run_name_param: str | None = "run_tag",
+        run_name_param: str | None = None,
         wait_for_completion: bool = True,
-        deferrable: bool = True,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         timeout: timedelta | float = timedelta(hours=2),
         max_transient_errors: int = DEFAULT_MAX_TRANSIENT_ERRORS,
@@ -114,12 +121,12 @@ class KfpRunPipelineOperator(BaseOperator):
         self.max_transient_errors = max_transient_errors
         self.rerun_failed = rerun_failed
         self.cancel_on_kill = cancel_on_kill
-        self._run_id: str | None = None
+        self._run_id: str | None = None  # the KFP run being waited for (on_kill cancels it)
         self._hook: KfpHook | None = None
 
     # The hook is built lazily: nothing is looked up when the DAG file is parsed.
     @property
-    def hook(self) -> "KfpHook":
+    def hook(self) -> KfpHook:
         from airflow_kfp_provider.hooks.kfp import KfpHook
 
         if self._hook is None or self._hook.kfp_conn_id != self.kfp_conn_id:
@@ -127,8 +134,7 @@ class KfpRunPipelineOperator(BaseOperator):
         return self._hook
 
     # -- execute -----------------------------------------------------------------------------
-    def execute(self, context: "Context") -> Any:
-        from airflow_kfp_provider.hooks.kfp import KfpConfigError
+    def execute(self, context: Context) -> Any:
         from airflow_kfp_provider.pipeline_spec import (
             PipelineSpecError,
             coerce_params,
@@ -138,14 +144,18 @@ class KfpRunPipelineOperator(BaseOperator):
             pipeline_parameters,
         )
 
-        package = str(self.pipeline_package or default_pipeline_package())
         try:
+            package = str(self.pipeline_package or default_pipeline_package())
             spec = load_pipeline_spec(package)
             coerce_params(spec, self._params_for(spec, "x"))  # all arguments checked before any call
         except PipelineSpecError as exc:
             raise AirflowFailException(f"Bad pipeline input, nothing submitted: {exc}") from exc
-        self.log.info("Pipeline %r from %s; parameters: %s", pipeline_name(spec), package,
-                      ", ".join(sorted(pipeline_parameters(spec))))
+        self.log.info(
+            "Pipeline %r from %s; parameters: %s",
+            pipeline_name(spec),
+            package,
+            ", ".join(sorted(pipeline_parameters(spec))),
+        )
 
         hook = self.hook
         hook.preflight(package)  # unknown backend, unreachable KFP host, bad runner: fails here
@@ -158,6 +168,7 @@ class KfpRunPipelineOperator(BaseOperator):
         ti = context["ti"]
         ti.xcom_push(key="run_id", value=run.run_id)
         ti.xcom_push(key="run_name", value=run.display_name)
+        KfpRunLink.persist(context, run.url)
         if run.url:
             self.log.info("Run details: %s", run.url)
 
@@ -167,8 +178,22 @@ class KfpRunPipelineOperator(BaseOperator):
         if event is not None:  # already final (e.g. a retry found the finished run): no deferral
             self.log.info("Run %s is already final (%s); not waiting", run.run_id, run.state)
             return self.execute_complete(context, event)
+        end_time = time.time() + self.timeout.total_seconds()
         if not self.deferrable:
-            return self.execute_complete(context, self._wait_here(hook, run))
+            from airflow_kfp_provider.wait import wait_for_run
+
+            event = asyncio.run(
+                wait_for_run(
+                    hook,
+                    run.run_id,
+                    run.display_name,
+                    poll_interval=self.poll_interval,
+                    end_time=end_time,
+                    max_transient_errors=self.max_transient_errors,
+                    logger=self.log,
+                )
+            )
+            return self.execute_complete(context, event)
         from airflow_kfp_provider.triggers.kfp import KfpRunTrigger
 
         self.defer(
@@ -177,7 +202,7 @@ class KfpRunPipelineOperator(BaseOperator):
                 kfp_conn_id=self.kfp_conn_id,
                 run_name=run.display_name,
                 poll_interval=self.poll_interval,
-                end_time=time.time() + self.timeout.total_seconds(),
+                end_time=end_time,
                 max_transient_errors=self.max_transient_errors,
                 cancel_on_kill=self.cancel_on_kill,
             ),
@@ -186,7 +211,7 @@ class KfpRunPipelineOperator(BaseOperator):
             timeout=self.timeout + timedelta(seconds=max(60.0, 3 * self.poll_interval)),
         )
 
-    def _params_for(self, spec: dict, run_name: str) -> dict:
+    def _params_for(self, spec: dict[str, Any], run_name: str) -> dict[str, Any]:
         from airflow_kfp_provider.pipeline_spec import pipeline_parameters
 
         params = dict(self.pipeline_params or {})
@@ -194,7 +219,7 @@ class KfpRunPipelineOperator(BaseOperator):
             params.setdefault(self.run_name_param, run_name)
         return params
 
-    def _find_or_submit(self, hook: "KfpHook", spec: dict, package: str, base_name: str) -> "PipelineRun":
+    def _find_or_submit(self, hook: KfpHook, spec: dict[str, Any], package: str, base_name: str) -> PipelineRun:
         from airflow_kfp_provider.pipeline_spec import coerce_params
         from airflow_kfp_provider.states import is_failed
 
@@ -206,44 +231,24 @@ class KfpRunPipelineOperator(BaseOperator):
             if not (self.rerun_failed and is_failed(existing.state)):
                 self.log.info(
                     "Found existing run %s named %r (state %s): this task instance already submitted it; "
-                    "adopting it instead of submitting again", existing.run_id, name, existing.state,
+                    "adopting it instead of submitting again",
+                    existing.run_id,
+                    name,
+                    existing.state,
                 )
                 return existing
-            self.log.info("Run %s named %r ended %s; submitting a new attempt (rerun_failed=True)",
-                          existing.run_id, name, existing.state)
+            self.log.info(
+                "Run %s named %r ended %s; submitting a new attempt (rerun_failed=True)",
+                existing.run_id,
+                name,
+                existing.state,
+            )
         raise AirflowFailException(
-            f"{MAX_ATTEMPTS} runs named {base_name!r}(-aN) already failed; fix the pipeline and trigger a new "
-            "DAG run"
+            f"{MAX_ATTEMPTS} runs named {base_name!r}(-aN) already failed; fix the pipeline and trigger a new DAG run"
         )
 
-    def _wait_here(self, hook: "KfpHook", run: "PipelineRun") -> dict:
-        """Synchronous wait (deferrable=False), with the same rules as the trigger."""
-        from airflow_kfp_provider.hooks.kfp import KfpTransientError
-
-        deadline = time.monotonic() + self.timeout.total_seconds()
-        errors = 0
-        while True:
-            if time.monotonic() >= deadline:
-                return {"status": "timeout", "run_id": run.run_id, "run_name": run.display_name, "run": run.to_dict(),
-                        "message": f"KFP run {run.run_id} did not finish within {self.timeout}"}
-            time.sleep(self.poll_interval)
-            try:
-                run = hook.get_run(run.run_id)
-                errors = 0
-            except KfpTransientError as exc:
-                errors += 1
-                self.log.warning("Could not read run %s (%d/%d): %s", run.run_id, errors,
-                                 self.max_transient_errors, exc)
-                if errors > self.max_transient_errors:
-                    return {"status": "error", "run_id": run.run_id, "run_name": run.display_name, "run": None,
-                            "message": f"gave up watching KFP run {run.run_id} after {errors} errors; last: {exc}"}
-                continue
-            event = run_event(run, run.display_name)
-            if event is not None:
-                return event
-
     # -- resume ------------------------------------------------------------------------------
-    def execute_complete(self, context: "Context", event: dict[str, Any]) -> Any:
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         status = event.get("status")
         run_id = event.get("run_id")
         self._run_id = run_id

@@ -4,12 +4,16 @@ ONNX copy that serving may use when it predicts exactly like the sklearn model.
 
 Feedback rows train the candidate but never judge it on the trusted held-out set: that set is made
 of the data set's own rows only. Held-out feedback rows form a second, separate held-out set."""
+
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,15 +21,19 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 from sklearn.model_selection import train_test_split
 
-from kfp_components.steps.errors import StepError
-from kfp_components.steps.tracking import (
+from driftloop.contract import (
     MODEL_ARTIFACT,
     MODEL_URI_TAG,
     ONNX_ARTIFACT,
+    ONNX_PARITY_TAG,
     REFERENCE_ARTIFACT,
     SKOPS_TRUSTED_TYPES,
-    connect,
 )
+from kfp_components.steps.data import feature_columns
+from kfp_components.steps.errors import StepError
+from kfp_components.steps.tracking import FEATURE_NAMES_TAG, RETRAIN_RUN_TAG, connect
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,11 +54,10 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    run_id: str
-    metrics: dict
+    mlflow_run_id: str  # the MLflow run that holds the candidate
+    metrics: dict[str, float]
     holdout: pd.DataFrame  # trusted: the data set's own held-out rows, never feedback
-    onnx_parity: bool
-    feedback_holdout: pd.DataFrame | None = None  # held-out feedback rows (none without feedback)
+    feedback_holdout: pd.DataFrame  # held-out feedback rows (no rows without feedback)
 
 
 @dataclass
@@ -63,7 +70,7 @@ class Splits:
 
 def row_buckets(frame: pd.DataFrame) -> np.ndarray:
     """A number in [0, 1) per row, from a hash of the row's content (features and label)."""
-    hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype=np.uint64)
+    hashed: np.ndarray = pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype=np.uint64)
     return hashed.astype(np.float64) / float(2**64)
 
 
@@ -82,9 +89,12 @@ def split(frame: pd.DataFrame, label_column: str, cfg: TrainConfig) -> tuple[pd.
     labels = frame[label_column]
     stratify = labels if labels.value_counts().min() >= 2 else None
     try:
-        return train_test_split(frame, test_size=cfg.test_size, random_state=cfg.random_state, stratify=stratify)
+        train, holdout = train_test_split(
+            frame, test_size=cfg.test_size, random_state=cfg.random_state, stratify=stratify
+        )
     except ValueError:
-        return train_test_split(frame, test_size=cfg.test_size, random_state=cfg.random_state)
+        train, holdout = train_test_split(frame, test_size=cfg.test_size, random_state=cfg.random_state)
+    return train, holdout
 
 
 def align_feedback(base: pd.DataFrame, feedback: pd.DataFrame | None) -> pd.DataFrame:
@@ -94,15 +104,20 @@ def align_feedback(base: pd.DataFrame, feedback: pd.DataFrame | None) -> pd.Data
         return base.iloc[0:0].copy()
     missing = [c for c in base.columns if c not in feedback.columns]
     if missing or len(feedback.columns) != len(base.columns):
-        raise StepError(f"feedback columns {list(map(str, feedback.columns))} differ from the data set's {list(base.columns)}")
+        raise StepError(
+            f"feedback columns {list(map(str, feedback.columns))} differ from the data set's {list(base.columns)}"
+        )
     try:
         return feedback[list(base.columns)].astype(base.dtypes.to_dict()).reset_index(drop=True)
     except (TypeError, ValueError) as exc:
-        raise StepError(f"feedback rows do not have the data set's column types {base.dtypes.astype(str).to_dict()}: {exc}") from exc
+        raise StepError(
+            f"feedback rows do not have the data set's column types {base.dtypes.astype(str).to_dict()}: {exc}"
+        ) from exc
 
 
-def split_with_feedback(base: pd.DataFrame, feedback: pd.DataFrame | None, label_column: str,
-                        cfg: TrainConfig) -> Splits:
+def split_with_feedback(
+    base: pd.DataFrame, feedback: pd.DataFrame | None, label_column: str, cfg: TrainConfig
+) -> Splits:
     """The data set's rows are split as by `split` (the trusted held-out set is exactly the one without
     feedback); feedback rows are split by the same content hash into training rows and a feedback
     held-out set, and never enter the trusted one. A feedback row that repeats a trusted held-out row
@@ -129,7 +144,7 @@ def build_estimator(cfg: TrainConfig) -> RandomForestClassifier:
     )
 
 
-def evaluate(model, features: pd.DataFrame, labels: pd.Series) -> dict:
+def evaluate(model: Any, features: pd.DataFrame, labels: pd.Series) -> dict[str, float]:
     predicted = model.predict(features)
     metrics = {
         "accuracy": float(accuracy_score(labels, predicted)),
@@ -137,14 +152,14 @@ def evaluate(model, features: pd.DataFrame, labels: pd.Series) -> dict:
     }
     classes = sorted(set(labels.tolist()) | set(predicted.tolist()), key=str)
     precision, recall, f1, _ = precision_recall_fscore_support(labels, predicted, labels=classes, zero_division=0)
-    for cls, p, r, f in zip(classes, precision, recall, f1):
+    for cls, p, r, f in zip(classes, precision, recall, f1, strict=True):
         metrics[f"precision_class_{cls}"] = float(p)
         metrics[f"recall_class_{cls}"] = float(r)
         metrics[f"f1_class_{cls}"] = float(f)
     return metrics
 
 
-def export_onnx(model, holdout_features: pd.DataFrame) -> bytes | None:
+def export_onnx(model: Any, holdout_features: pd.DataFrame) -> bytes | None:
     """The model as ONNX (float32 input named `input`, label and probability outputs), or None when
     conversion fails or any held-out prediction differs from the sklearn model's."""
     try:
@@ -153,15 +168,15 @@ def export_onnx(model, holdout_features: pd.DataFrame) -> bytes | None:
 
         sample = holdout_features.to_numpy(dtype=np.float32)
         onx = to_onnx(model, sample[:1], options={id(model): {"zipmap": False}}, target_opset=17)
-        payload = onx.SerializeToString()
+        payload: bytes = onx.SerializeToString()
         session = ort.InferenceSession(payload, providers=["CPUExecutionProvider"])
         onnx_labels = session.run(None, {session.get_inputs()[0].name: sample})[0]
     except Exception as exc:  # conversion support varies by estimator: fall back to sklearn
-        print(f"ONNX export skipped: {exc}")
+        logger.warning("ONNX export skipped: %s", exc)
         return None
     expected = model.predict(holdout_features)
     if not np.array_equal(np.asarray(onnx_labels).astype(str), np.asarray(expected).astype(str)):
-        print("ONNX export skipped: its predictions differ from the sklearn model on the held-out data")
+        logger.warning("ONNX export skipped: its predictions differ from the sklearn model on the held-out data")
         return None
     return payload
 
@@ -172,43 +187,78 @@ def _pip_requirements() -> list[str]:
     import sklearn
     import skops
 
-    return [f"scikit-learn=={sklearn.__version__}", f"numpy=={np.__version__}",
-            f"skops=={skops.__version__}", f"cloudpickle=={cloudpickle.__version__}"]
+    return [
+        f"scikit-learn=={sklearn.__version__}",
+        f"numpy=={np.__version__}",
+        f"skops=={skops.__version__}",
+        f"cloudpickle=={cloudpickle.__version__}",
+    ]
 
 
-def train_and_log(frame: pd.DataFrame, label_column: str, mlflow_uri: str, experiment_name: str,
-                  cfg: TrainConfig, run_tag: str = "", source: str = "",
-                  feedback: pd.DataFrame | None = None) -> TrainResult:
+def _log_artifact(tmp: str, artifact: str, write: Callable[[Path], object]) -> None:
+    """Log the file `write` makes as the artifact at path `artifact` of the active run (through `tmp`)."""
+    import mlflow
+
+    local = Path(tmp) / Path(artifact).name
+    write(local)
+    mlflow.log_artifact(str(local), Path(artifact).parent.as_posix())
+
+
+def _csv(frame: pd.DataFrame) -> Callable[[Path], object]:
+    return lambda path: frame.to_csv(path, index=False)
+
+
+def train_and_log(
+    frame: pd.DataFrame,
+    label_column: str,
+    mlflow_tracking_uri: str,
+    experiment_name: str,
+    cfg: TrainConfig,
+    run_tag: str = "",
+    source: str = "",
+    feedback: pd.DataFrame | None = None,
+) -> TrainResult:
     """Train on `frame` (the data set) plus the training share of `feedback`; metrics are measured on
     the trusted held-out rows (from `frame` only), `feedback_accuracy` on the held-out feedback rows."""
     cfg.check()
-    connect(mlflow_uri)
+    connect(mlflow_tracking_uri)
     import mlflow
     from mlflow.models import infer_signature
 
     parts = split_with_feedback(frame, feedback, label_column, cfg)
     train, holdout, feedback_holdout = parts.train, parts.holdout, parts.feedback_holdout
-    features = [c for c in frame.columns if c != label_column]
+    features = feature_columns(frame, label_column)
     x_train, y_train = train[features], train[label_column]
     x_hold, y_hold = holdout[features], holdout[label_column]
 
     model = build_estimator(cfg).fit(x_train, y_train)
     metrics = evaluate(model, x_hold, y_hold)
     if len(feedback_holdout):
-        metrics["feedback_accuracy"] = float(accuracy_score(feedback_holdout[label_column],
-                                                            model.predict(feedback_holdout[features])))
+        metrics["feedback_accuracy"] = float(
+            accuracy_score(feedback_holdout[label_column], model.predict(feedback_holdout[features]))
+        )
     held_out = pd.concat([x_hold, feedback_holdout[features]], ignore_index=True) if len(feedback_holdout) else x_hold
     onnx_payload = export_onnx(model, held_out)
 
     mlflow.set_experiment(experiment_name)
-    tags = {"feature_names": json.dumps(features), "label_column": label_column,
-            "retrain_run": run_tag, "data_source": source or "bundled iris",
-            "onnx_parity": str(onnx_payload is not None).lower()}
+    tags = {
+        FEATURE_NAMES_TAG: json.dumps(features),
+        "label_column": label_column,
+        RETRAIN_RUN_TAG: run_tag,
+        "data_source": source or "bundled iris",
+        ONNX_PARITY_TAG: str(onnx_payload is not None).lower(),
+    }
     with mlflow.start_run(run_name=run_tag or None, tags=tags) as run:
-        mlflow.log_params({**cfg.__dict__, "estimator": "RandomForestClassifier",
-                           "train_rows": len(train), "holdout_rows": len(holdout),
-                           "feedback_train_rows": len(parts.feedback_train),
-                           "feedback_holdout_rows": len(feedback_holdout)})
+        mlflow.log_params(
+            {
+                **asdict(cfg),
+                "estimator": "RandomForestClassifier",
+                "train_rows": len(train),
+                "holdout_rows": len(holdout),
+                "feedback_train_rows": len(parts.feedback_train),
+                "feedback_holdout_rows": len(feedback_holdout),
+            }
+        )
         mlflow.log_metrics(metrics)
         logged = mlflow.sklearn.log_model(
             model,
@@ -221,20 +271,20 @@ def train_and_log(frame: pd.DataFrame, label_column: str, mlflow_uri: str, exper
         # MLflow 3 keeps the model as a LoggedModel outside the run's artifacts: record its URI.
         mlflow.set_tag(MODEL_URI_TAG, logged.model_uri)
         with tempfile.TemporaryDirectory() as tmp:
-            reference = Path(tmp) / Path(REFERENCE_ARTIFACT).name
-            x_train.to_csv(reference, index=False)
-            mlflow.log_artifact(str(reference), Path(REFERENCE_ARTIFACT).parent.as_posix())
-            holdout_path = Path(tmp) / "holdout.csv"
-            holdout.to_csv(holdout_path, index=False)
-            mlflow.log_artifact(str(holdout_path), "eval")
+            _log_artifact(tmp, REFERENCE_ARTIFACT, _csv(x_train))
+            _log_artifact(tmp, "eval/holdout.csv", _csv(holdout))
             if len(feedback_holdout):
-                feedback_path = Path(tmp) / "feedback_holdout.csv"
-                feedback_holdout.to_csv(feedback_path, index=False)
-                mlflow.log_artifact(str(feedback_path), "eval")
+                _log_artifact(tmp, "eval/feedback_holdout.csv", _csv(feedback_holdout))
             if onnx_payload is not None:
-                onnx_path = Path(tmp) / Path(ONNX_ARTIFACT).name
-                onnx_path.write_bytes(onnx_payload)
-                mlflow.log_artifact(str(onnx_path), Path(ONNX_ARTIFACT).parent.as_posix())
-        run_id = run.info.run_id
-    return TrainResult(run_id=run_id, metrics=metrics, holdout=holdout, onnx_parity=onnx_payload is not None,
-                       feedback_holdout=feedback_holdout)
+                _log_artifact(tmp, ONNX_ARTIFACT, lambda path: path.write_bytes(onnx_payload))
+    logger.info(
+        "MLflow run %s: accuracy %.4f on %d trusted held-out rows, %d held-out feedback rows, ONNX parity %s",
+        run.info.run_id,
+        metrics["accuracy"],
+        len(holdout),
+        len(feedback_holdout),
+        onnx_payload is not None,
+    )
+    return TrainResult(
+        mlflow_run_id=run.info.run_id, metrics=metrics, holdout=holdout, feedback_holdout=feedback_holdout
+    )

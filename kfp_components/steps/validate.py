@@ -15,16 +15,30 @@ held-out rows, which feedback never enters (`kfp_components.steps.train.split_wi
 Poisoned feedback can win rule 3 on its own poisoned labels, never rule 2. The decision, its reason
 and the scores of candidate and champion on both sets are written to the candidate's MLflow run.
 """
+
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 from sklearn.metrics import accuracy_score
 
+from kfp_components.steps.data import feature_columns
 from kfp_components.steps.errors import StepError
-from kfp_components.steps.tracking import candidate_model_uri, connect, get_champion, run_feature_names
+from kfp_components.steps.tracking import (
+    VALIDATION_DECISION_TAG,
+    VALIDATION_REASON_TAG,
+    VALIDATION_SCORES_TAG,
+    candidate_model_uri,
+    connect,
+    get_champion,
+    run_feature_names,
+)
+
+logger = logging.getLogger(__name__)
 
 TRUSTED = "the trusted held-out rows"
 FEEDBACK = "the held-out feedback rows"
@@ -40,49 +54,70 @@ class Decision:
     candidate_feedback_accuracy: float | None = None  # on the held-out feedback rows
     champion_feedback_accuracy: float | None = None
 
-    def scores(self, trusted_rows: int | None = None, feedback_rows: int | None = None) -> dict:
+    def scores(self, trusted_rows: int | None = None, feedback_rows: int | None = None) -> dict[str, Any]:
         return {
             "trusted": {"rows": trusted_rows, "candidate": self.candidate_accuracy, "champion": self.champion_accuracy},
-            "feedback": {"rows": feedback_rows, "candidate": self.candidate_feedback_accuracy,
-                         "champion": self.champion_feedback_accuracy},
+            "feedback": {
+                "rows": feedback_rows,
+                "candidate": self.candidate_feedback_accuracy,
+                "champion": self.champion_feedback_accuracy,
+            },
             "champion_version": self.champion_version,
         }
 
 
-def decide(candidate_accuracy: float, min_accuracy: float, champion_accuracy: float | None,
-           tolerance: float = 0.0, champion_version: str | None = None,
-           candidate_feedback_accuracy: float | None = None,
-           champion_feedback_accuracy: float | None = None) -> Decision:
+def decide(
+    candidate_accuracy: float,
+    min_accuracy: float,
+    champion_accuracy: float | None,
+    tolerance: float = 0.0,
+    champion_version: str | None = None,
+    candidate_feedback_accuracy: float | None = None,
+    champion_feedback_accuracy: float | None = None,
+) -> Decision:
     """The rule itself, free of MLflow. `candidate_accuracy`/`champion_accuracy` are on the trusted
     held-out rows; the feedback pair on the held-out feedback rows (None when there are none)."""
-    def decision(accepted: bool, reason: str) -> Decision:
-        return Decision(accepted, reason, candidate_accuracy, champion_accuracy, champion_version,
-                        candidate_feedback_accuracy, champion_feedback_accuracy)
 
-    has_champion = champion_accuracy is not None
-    compare_feedback = (has_champion and candidate_feedback_accuracy is not None
-                        and champion_feedback_accuracy is not None)
+    def decision(accepted: bool, reason: str) -> Decision:
+        return Decision(
+            accepted,
+            reason,
+            candidate_accuracy,
+            champion_accuracy,
+            champion_version,
+            candidate_feedback_accuracy,
+            champion_feedback_accuracy,
+        )
+
+    # the feedback pair, when both are known and there is a champion to compare with
+    feedback_pair = (
+        None
+        if champion_accuracy is None or candidate_feedback_accuracy is None or champion_feedback_accuracy is None
+        else (candidate_feedback_accuracy, champion_feedback_accuracy)
+    )
     failures = []  # every rule that fails is named, in the order of the rules
     if candidate_accuracy < min_accuracy:
         failures.append(f"accuracy {candidate_accuracy:.4f} on {TRUSTED} is below min_accuracy {min_accuracy:.4f}")
-    if has_champion and candidate_accuracy < champion_accuracy - tolerance:
-        failures.append(f"accuracy {candidate_accuracy:.4f} is worse than champion version {champion_version} "
-                        f"({champion_accuracy:.4f}, tolerance {tolerance:.4f}) on {TRUSTED} (the data set's own, "
-                        f"never feedback)")
-    feedback_worse = compare_feedback and candidate_feedback_accuracy < champion_feedback_accuracy - tolerance
-    if feedback_worse:
-        failures.append(f"accuracy {candidate_feedback_accuracy:.4f} is worse than champion version "
-                        f"{champion_version} ({champion_feedback_accuracy:.4f}, tolerance {tolerance:.4f}) on {FEEDBACK}")
+    if champion_accuracy is not None and candidate_accuracy < champion_accuracy - tolerance:
+        failures.append(
+            f"accuracy {candidate_accuracy:.4f} is worse than champion version {champion_version} "
+            f"({champion_accuracy:.4f}, tolerance {tolerance:.4f}) on {TRUSTED} (the data set's own, "
+            f"never feedback)"
+        )
+    feedback_worse = feedback_pair is not None and feedback_pair[0] < feedback_pair[1] - tolerance
+    if feedback_pair is not None and feedback_worse:
+        failures.append(
+            f"accuracy {feedback_pair[0]:.4f} is worse than champion version "
+            f"{champion_version} ({feedback_pair[1]:.4f}, tolerance {tolerance:.4f}) on {FEEDBACK}"
+        )
     if failures:
-        if compare_feedback and not feedback_worse:  # e.g. poison: the candidate wins on its own labels
-            failures.append(f"on {FEEDBACK} it scores {candidate_feedback_accuracy:.4f}, the champion "
-                            f"{champion_feedback_accuracy:.4f}")
+        if feedback_pair is not None and not feedback_worse:  # e.g. poison: the candidate wins on its own labels
+            failures.append(f"on {FEEDBACK} it scores {feedback_pair[0]:.4f}, the champion {feedback_pair[1]:.4f}")
         return decision(False, "; ".join(failures))
-    if has_champion:
+    if champion_accuracy is not None:
         against = f"; champion version {champion_version} scores {champion_accuracy:.4f} on {TRUSTED}"
-        if compare_feedback:
-            against += (f"; on {FEEDBACK} {candidate_feedback_accuracy:.4f} vs champion "
-                        f"{champion_feedback_accuracy:.4f}")
+        if feedback_pair is not None:
+            against += f"; on {FEEDBACK} {feedback_pair[0]:.4f} vs champion {feedback_pair[1]:.4f}"
         else:
             against += "; no held-out feedback rows"
     else:
@@ -90,15 +125,31 @@ def decide(candidate_accuracy: float, min_accuracy: float, champion_accuracy: fl
     return decision(True, f"accuracy {candidate_accuracy:.4f} on {TRUSTED} >= min_accuracy {min_accuracy:.4f}{against}")
 
 
-def _accuracy(model, frame: pd.DataFrame | None, features: list[str], label_column: str) -> float | None:
-    if frame is None or frame.empty:
-        return None
-    return float(accuracy_score(frame[label_column], model.predict(frame[features])))
+def _accuracies(
+    model: Any,
+    holdout: pd.DataFrame,
+    feedback_holdout: pd.DataFrame | None,
+    label_column: str,
+) -> tuple[float, float | None]:
+    """The model's accuracy on the trusted held-out rows and on the held-out feedback rows (None without)."""
+    features = feature_columns(holdout, label_column)
+
+    def accuracy(frame: pd.DataFrame) -> float:
+        return float(accuracy_score(frame[label_column], model.predict(frame[features])))
+
+    return accuracy(holdout), None if feedback_holdout is None else accuracy(feedback_holdout)
 
 
-def validate_candidate(run_id: str, holdout: pd.DataFrame, label_column: str, mlflow_uri: str,
-                       model_name: str, min_accuracy: float, tolerance: float = 0.0,
-                       feedback_holdout: pd.DataFrame | None = None) -> Decision:
+def validate_candidate(
+    mlflow_run_id: str,
+    holdout: pd.DataFrame,
+    label_column: str,
+    mlflow_tracking_uri: str,
+    model_name: str,
+    min_accuracy: float,
+    tolerance: float = 0.0,
+    feedback_holdout: pd.DataFrame | None = None,
+) -> Decision:
     """`holdout`: the trusted held-out rows (the data set's own); `feedback_holdout`: the held-out
     feedback rows, or None/empty when the candidate was trained without feedback."""
     if not 0.0 <= min_accuracy <= 1.01:
@@ -107,44 +158,60 @@ def validate_candidate(run_id: str, holdout: pd.DataFrame, label_column: str, ml
         raise StepError(f"tolerance={tolerance}: must not be negative")
     if holdout.empty:
         raise StepError("the trusted held-out set is empty: nothing to judge the candidate on")
-    client = connect(mlflow_uri)
+    client = connect(mlflow_tracking_uri)
     import mlflow
 
-    features = [c for c in holdout.columns if c != label_column]
+    features = feature_columns(holdout, label_column)
     if feedback_holdout is not None and not feedback_holdout.empty:
         if list(feedback_holdout.columns) != list(holdout.columns):
-            raise StepError(f"held-out feedback columns {list(feedback_holdout.columns)} differ from the trusted "
-                            f"held-out columns {list(holdout.columns)}")
+            raise StepError(
+                f"held-out feedback columns {list(feedback_holdout.columns)} differ from the trusted "
+                f"held-out columns {list(holdout.columns)}"
+            )
     else:
         feedback_holdout = None
-    candidate = mlflow.sklearn.load_model(candidate_model_uri(client, run_id))
-    candidate_accuracy = _accuracy(candidate, holdout, features, label_column)
-    candidate_feedback_accuracy = _accuracy(candidate, feedback_holdout, features, label_column)
+    candidate = mlflow.sklearn.load_model(candidate_model_uri(client, mlflow_run_id))
+    candidate_accuracy, candidate_feedback_accuracy = _accuracies(candidate, holdout, feedback_holdout, label_column)
 
-    champion_accuracy = champion_feedback_accuracy = None
+    champion_accuracy: float | None = None
+    champion_feedback_accuracy: float | None = None
     champion = get_champion(client, model_name)
     if champion is not None:
         champion_features = run_feature_names(client, champion.run_id) if champion.run_id else None
         if champion_features is not None and champion_features != features:
-            print(f"Champion version {champion.version} uses features {champion_features}, the candidate "
-                  f"{features}: compared against min_accuracy only")
+            logger.warning(
+                "Champion version %s uses features %s, the candidate %s: compared against min_accuracy only",
+                champion.version,
+                champion_features,
+                features,
+            )
             champion = None
         else:
             try:
                 champion_model = mlflow.sklearn.load_model(f"models:/{model_name}/{champion.version}")
             except Exception as exc:
-                raise StepError(f"champion {model_name} version {champion.version} cannot be loaded to compare "
-                                f"with: {exc}") from exc
-            champion_accuracy = _accuracy(champion_model, holdout, features, label_column)
-            champion_feedback_accuracy = _accuracy(champion_model, feedback_holdout, features, label_column)
+                raise StepError(
+                    f"champion {model_name} version {champion.version} cannot be loaded to compare with: {exc}"
+                ) from exc
+            champion_accuracy, champion_feedback_accuracy = _accuracies(
+                champion_model, holdout, feedback_holdout, label_column
+            )
 
-    decision = decide(candidate_accuracy, min_accuracy, champion_accuracy, tolerance,
-                      champion.version if champion is not None else None,
-                      candidate_feedback_accuracy, champion_feedback_accuracy)
+    decision = decide(
+        candidate_accuracy,
+        min_accuracy,
+        champion_accuracy,
+        tolerance,
+        champion.version if champion is not None else None,
+        candidate_feedback_accuracy,
+        champion_feedback_accuracy,
+    )
     feedback_rows = 0 if feedback_holdout is None else len(feedback_holdout)
-    client.set_tag(run_id, "validation_decision", "accepted" if decision.accepted else "rejected")
-    client.set_tag(run_id, "validation_reason", decision.reason)
-    client.set_tag(run_id, "validation_scores", json.dumps(decision.scores(len(holdout), feedback_rows), sort_keys=True))
+    client.set_tag(mlflow_run_id, VALIDATION_DECISION_TAG, "accepted" if decision.accepted else "rejected")
+    client.set_tag(mlflow_run_id, VALIDATION_REASON_TAG, decision.reason)
+    client.set_tag(
+        mlflow_run_id, VALIDATION_SCORES_TAG, json.dumps(decision.scores(len(holdout), feedback_rows), sort_keys=True)
+    )
     scores = {
         "validation_trusted_accuracy": candidate_accuracy,
         "validation_champion_trusted_accuracy": champion_accuracy,
@@ -154,6 +221,6 @@ def validate_candidate(run_id: str, holdout: pd.DataFrame, label_column: str, ml
     }
     for name, value in scores.items():
         if value is not None:
-            client.log_metric(run_id, name, value)
-    print(f"Validation {'PASSED' if decision.accepted else 'FAILED'}: {decision.reason}")
+            client.log_metric(mlflow_run_id, name, value)
+    logger.info("Validation %s: %s", "PASSED" if decision.accepted else "FAILED", decision.reason)
     return decision

@@ -1,4 +1,5 @@
 """HTTP endpoints, one blueprint per concern."""
+
 from serving.blueprints.drift import bp as drift_bp
 from serving.blueprints.feedback import bp as feedback_bp
 from serving.blueprints.meta import bp as meta_bp

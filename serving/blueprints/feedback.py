@@ -5,17 +5,29 @@ Labels decide what the next model learns, so posting them needs a credential of 
 (SERVING_FEEDBACK_TOKEN; the admin token is accepted too) and every stored row keeps where and when it
 came from: the received time (UTC), the credential kind, the client address and an optional `source`.
 """
+
 from __future__ import annotations
 
 import csv
 import io
 
 from flask import Blueprint, current_app, g, request
+from werkzeug.wrappers import Response
 
+from driftloop.settings import parse_bool
 from serving import metrics
-from serving.http import ApiError, ctx, iso_utc, json_response, require_admin, require_feedback_credential, require_model
-from serving.inputs import check_content_type, parse_feedback, parse_feedback_source, parse_json_object
+from serving.http import (
+    ApiError,
+    ctx,
+    json_response,
+    require_admin,
+    require_feedback_credential,
+    require_model,
+)
+from serving.inputs import check_content_type, parse_feedback, parse_json_object
+from serving.schemas import FeedbackStored
 from serving.store import FeedbackProvenance
+from serving.timestamps import iso_utc
 
 bp = Blueprint("feedback", __name__)
 LABEL_COLUMN = "target"
@@ -25,36 +37,40 @@ PROVENANCE_COLUMNS = ("received_at", "credential", "client_addr", "source", "mod
 
 @bp.post("/feedback")
 @require_feedback_credential
-def feedback():
+def feedback() -> Response:
     c = ctx()
     check_content_type(request.content_type)
     data = parse_json_object(request.get_data(cache=False))
     active = require_model()
     X, labels = parse_feedback(data, active.model.n_features, c.config.max_batch)
-    provenance = FeedbackProvenance(credential=g.credential, client_addr=request.remote_addr,
-                                    source=parse_feedback_source(data))
+    provenance = FeedbackProvenance(
+        credential=g.credential, client_addr=request.remote_addr, source=data.get("source")
+    )  # validated by parse_feedback
     stored = c.store.add_feedback(c.config.model_name, active.model.version, X, labels, provenance)
     metrics.FEEDBACK_ROWS.inc(stored)
-    return json_response({"status": "stored", "rows": stored, "total": c.store.count_feedback(c.config.model_name)}, 201)
+    body: FeedbackStored = {"status": "stored", "rows": stored, "total": c.store.count_feedback(c.config.model_name)}
+    return json_response(body, 201)
 
 
 def _flag(name: str) -> bool:
-    value = request.args.get(name)
-    if value is None or value == "false":
-        return False
-    if value == "true":
-        return True
-    raise ApiError(400, f"query parameter {name} must be 'true' or 'false', got {value[:40]!r}")
+    """A boolean query parameter (absent or empty: false), spelt as every boolean setting is."""
+    try:
+        return parse_bool(request.args.get(name, "")[:40], f"query parameter {name}", default=False)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
 
 
 @bp.get("/feedback/export")
 @require_admin
-def feedback_export():
+def feedback_export() -> Response:
     c = ctx()
     unknown = sorted(set(request.args) - {"provenance"})
     if unknown:  # a misspelt option must not silently export something else than asked for
-        raise ApiError(400, f"unknown query parameter(s) {[name[:40] for name in unknown[:5]]}: "
-                            "/feedback/export takes only 'provenance'")
+        raise ApiError(
+            400,
+            f"unknown query parameter(s) {[name[:40] for name in unknown[:5]]}: "
+            "/feedback/export takes only 'provenance'",
+        )
     with_provenance = _flag("provenance")
     active = require_model()
     names = list(active.model.feature_names)
@@ -68,8 +84,13 @@ def feedback_export():
             continue
         row = [*(repr(float(v)) for v in rec.features), rec.label]
         if with_provenance:  # rows stored before provenance was recorded have empty cells there
-            row += [iso_utc(rec.created_at), rec.credential or "", rec.client_addr or "", rec.source or "",
-                    rec.model_version or ""]
+            row += [
+                iso_utc(rec.created_at),
+                rec.credential or "",
+                rec.client_addr or "",
+                rec.source or "",
+                rec.model_version or "",
+            ]
         writer.writerow(row)
         rows += 1
     resp = current_app.response_class(buf.getvalue(), status=200, mimetype="text/csv")

@@ -9,26 +9,46 @@ restarts. `open_store(url, window_size)` picks the backend from `SERVING_STORE_U
 Both implement the same interfaces (serving/store/base.py) with the same semantics; the contract tests
 in tests/serving/test_store.py run against both.
 """
+
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from serving.store.base import (FeedbackProvenance, FeedbackRecord, ReloadOutcome, ServedRecord, StateFileError,
-                                StateStore, StoreUnavailable)
+from serving.store.base import (
+    FeedbackProvenance,
+    FeedbackRecord,
+    ReloadOutcome,
+    ServedRecord,
+    StateFileError,
+    StateStore,
+    StoreUnavailable,
+)
 from serving.store.sqlite import SQLiteStore
 
 SQLITE_PREFIX = "sqlite:///"
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
-__all__ = ["FeedbackProvenance", "FeedbackRecord", "ReloadOutcome", "ServedRecord", "StateStore", "StoreUnavailable",
-           "StateFileError", "SQLiteStore", "open_store", "check_store_url", "redact_url"]
+__all__ = [
+    "FeedbackProvenance",
+    "FeedbackRecord",
+    "ReloadOutcome",
+    "ServedRecord",
+    "StateStore",
+    "StoreUnavailable",
+    "StateFileError",
+    "SQLiteStore",
+    "open_store",
+    "check_store_url",
+    "redact_url",
+]
 
 
 def check_store_url(url: str) -> str:
     """The backend a store URL names ("sqlite" or "postgresql"); ValueError naming what is wrong
     (never echoing a password)."""
     if url.startswith(SQLITE_PREFIX):
-        if not url[len(SQLITE_PREFIX):]:
+        if not url[len(SQLITE_PREFIX) :]:
             raise ValueError("sqlite:/// needs a file path, e.g. sqlite:///.stack/serving/serving.sqlite3")
         return "sqlite"
     scheme = urlsplit(url).scheme
@@ -37,7 +57,9 @@ def check_store_url(url: str) -> str:
         if not parts.hostname and "host=" not in parts.query:
             raise ValueError(f"{redact_url(url)} names no host")
         return "postgresql"
-    raise ValueError(f"unsupported store URL {redact_url(url)!r}: use sqlite:///<path> or postgresql://user@host:port/db")
+    raise ValueError(
+        f"unsupported store URL {redact_url(url)!r}: use sqlite:///<path> or postgresql://user@host:port/db"
+    )
 
 
 def redact_url(url: str) -> str:
@@ -53,9 +75,9 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"{user}:***@{netloc}", parts.path, parts.query, parts.fragment))
 
 
-def open_store(url: str, window_size: int, **options) -> StateStore:
+def open_store(url: str, window_size: int, **options: Any) -> StateStore:
     if check_store_url(url) == "sqlite":
-        return SQLiteStore(url[len(SQLITE_PREFIX):], window_size, **options)
+        return SQLiteStore(url[len(SQLITE_PREFIX) :], window_size, **options)
     from serving.store.postgres import PostgresStore  # psycopg only where it is used
 
     return PostgresStore(url, window_size, **options)

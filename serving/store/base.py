@@ -15,15 +15,18 @@ serving/store/postgres.py):
 Every backend raises `StoreUnavailable` (never its driver's exceptions) when it cannot reach or use
 its storage, so the app can keep answering predictions and say which store is down.
 """
+
 from __future__ import annotations
 
 import abc
 import functools
 import inspect
 import json
+import os
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -44,16 +47,19 @@ class StateFileError(RuntimeError):
     waiting does not help, a person has to decide. A RuntimeError, so that gunicorn's master prints
     it as "Error: ..." and exits when its start-up check raises it."""
 
-    def __init__(self, path, problem: str, advice: str | None = None):
+    def __init__(self, path: str | os.PathLike[str], problem: str, advice: str | None = None):
         self.path = str(path)
         self.problem = problem
         self.advice = advice or (
             f"Restore it from a backup, or move it aside together with any {self.path}-wal and "
             f"{self.path}-shm files next to it (e.g. mv {self.path} {self.path}.broken) to start with an "
             "empty state: its feedback rows, drift window and served-version record are then no longer "
-            "used by the app")
-        super().__init__(f"serving state file {self.path} {problem}. The app did not start and changed "
-                         f"nothing in it. {self.advice}; the app never deletes or rewrites it by itself.")
+            "used by the app"
+        )
+        super().__init__(
+            f"serving state file {self.path} {problem}. The app did not start and changed "
+            f"nothing in it. {self.advice}; the app never deletes or rewrites it by itself."
+        )
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class FeedbackProvenance:
     """Where a feedback request came from. `credential`: the kind of bearer token that sent it
     ("feedback" or "admin"); `client_addr`: the peer address the app saw; `source`: the caller's own
     optional tag (validated by serving/inputs.py). The received time is the row's `created_at`."""
+
     credential: str | None = None
     client_addr: str | None = None
     source: str | None = None
@@ -105,8 +112,9 @@ class ServedStateStore(abc.ABC):
     def served(self, model_name: str) -> ServedRecord | None: ...
 
     @abc.abstractmethod
-    def activate(self, model_name: str, version: str, run_id: str | None,
-                 if_absent: bool = False) -> tuple[ServedRecord, bool]:
+    def activate(
+        self, model_name: str, version: str, run_id: str | None, if_absent: bool = False
+    ) -> tuple[ServedRecord, bool]:
         """Make `version` the served one. Atomic; a new epoch (an empty window) only when the version
         changes. With `if_absent`, only when there is no served record yet (a first start): an
         existing record is returned unchanged. Returns (record, whether a new epoch was started)."""
@@ -140,34 +148,24 @@ class WindowStore(abc.ABC):
     def reset_window(self, epoch: int) -> int:
         """Empty the window of the epoch; returns how many rows were dropped."""
 
-    def add_rows_if_current(self, model_name: str, generation: int | None, epoch: int, rows: np.ndarray) -> bool:
-        """Add the rows to the epoch's window only if the served record's generation is still
-        `generation`; True if they were added. The /predict hot path: one store round trip where a
-        backend can check and insert at once (PostgreSQL overrides this)."""
-        current = self.generation(model_name)
-        if current is None or current != generation:
-            return False
-        self.add_rows(epoch, rows)
-        return True
-
 
 class FeedbackStore(abc.ABC):
     @abc.abstractmethod
-    def add_feedback(self, model_name: str, model_version: str | None, rows: np.ndarray,
-                     labels: Sequence[int | str], provenance: FeedbackProvenance | None = None) -> int: ...
+    def add_feedback(
+        self,
+        model_name: str,
+        model_version: str | None,
+        rows: np.ndarray,
+        labels: Sequence[int | str],
+        provenance: FeedbackProvenance | None = None,
+    ) -> int: ...
 
     @abc.abstractmethod
     def iter_feedback_records(self, model_name: str) -> Iterator[FeedbackRecord]:
         """Every feedback row of the model name with its provenance, oldest first."""
 
-    def iter_feedback(self, model_name: str) -> Iterator[tuple[list[float], int | str]]:
-        """(features, label) of every feedback row, oldest first."""
-        for record in self.iter_feedback_records(model_name):
-            yield record.features, record.label
-
     @abc.abstractmethod
     def count_feedback(self, model_name: str) -> int: ...
-
 
 
 class StateStore(ServedStateStore, WindowStore, FeedbackStore):
@@ -179,13 +177,23 @@ class StateStore(ServedStateStore, WindowStore, FeedbackStore):
     def close(self) -> None:
         """Release connections held by this process (optional)."""
 
+    def add_rows_if_current(self, model_name: str, generation: int | None, epoch: int, rows: np.ndarray) -> bool:
+        """Add the rows to the epoch's window only if the served record's generation is still
+        `generation`; True if they were added. The /predict hot path: one store round trip where a
+        backend can check and insert at once (PostgreSQL overrides this)."""
+        current = self.generation(model_name)
+        if current is None or current != generation:
+            return False
+        self.add_rows(epoch, rows)
+        return True
+
 
 # How rows are stored, the same in every backend: a window row is its float64 bytes; a feedback
 # row's features and label are JSON text.
 FEEDBACK_COLUMNS = "features, label, model_version, created_at, credential, client_addr, source"
 
 
-def window_array(blobs_newest_first: Sequence) -> np.ndarray:
+def window_array(blobs_newest_first: Sequence[Sequence[Any]]) -> np.ndarray:
     """(n, k) float64, oldest first, from query rows `(x,)` read newest first."""
     if not blobs_newest_first:
         return np.empty((0, 0), dtype=np.float64)
@@ -193,18 +201,33 @@ def window_array(blobs_newest_first: Sequence) -> np.ndarray:
     return data.reshape(len(blobs_newest_first), -1)
 
 
-def feedback_params(model_name: str, model_version: str | None, rows: np.ndarray, labels: Sequence[int | str],
-                    provenance: FeedbackProvenance | None) -> list[tuple]:
+def feedback_params(
+    model_name: str,
+    model_version: str | None,
+    rows: np.ndarray,
+    labels: Sequence[int | str],
+    provenance: FeedbackProvenance | None,
+) -> list[tuple[Any, ...]]:
     """Insert parameters in the order of (model_name, model_version, created_at, FEEDBACK columns
     features.. source), one tuple per row."""
     now = time.time()
     p = provenance or FeedbackProvenance()
-    return [(model_name, model_version, now, json.dumps([float(v) for v in row]), json.dumps(label),
-             p.credential, p.client_addr, p.source)
-            for row, label in zip(np.asarray(rows, dtype=np.float64), labels)]
+    return [
+        (
+            model_name,
+            model_version,
+            now,
+            json.dumps([float(v) for v in row]),
+            json.dumps(label),
+            p.credential,
+            p.client_addr,
+            p.source,
+        )
+        for row, label in zip(np.asarray(rows, dtype=np.float64), labels, strict=False)
+    ]
 
 
-def feedback_record(row: Sequence) -> FeedbackRecord:
+def feedback_record(row: Sequence[Any]) -> FeedbackRecord:
     """A FeedbackRecord from a query row of FEEDBACK_COLUMNS."""
     features, label, version, created_at, credential, client_addr, source = row
     return FeedbackRecord(json.loads(features), json.loads(label), version, created_at, credential, client_addr, source)
@@ -223,35 +246,53 @@ def activation_change(current_version: str | None, version: str, if_absent: bool
 
 
 # The methods of the three interfaces: a backend's driver errors are translated in these only.
-INTERFACE_METHODS = ("generation", "served", "activate", "record_reload", "last_reload", "clear_failed_reload",
-                     "add_rows", "add_rows_if_current", "window", "reset_window", "add_feedback",
-                     "iter_feedback_records", "count_feedback")
+INTERFACE_METHODS = (
+    "generation",
+    "served",
+    "activate",
+    "record_reload",
+    "last_reload",
+    "clear_failed_reload",
+    "add_rows",
+    "add_rows_if_current",
+    "window",
+    "reset_window",
+    "add_feedback",
+    "iter_feedback_records",
+    "count_feedback",
+)
 
 
-def translate_errors(*driver_errors: type[BaseException]):
+C = TypeVar("C", bound=type)
+
+
+def translate_errors(*driver_errors: type[BaseException]) -> Callable[[C], C]:
     """Class decorator for a backend: its interface methods raise `StoreUnavailable` (naming
     `self.location`) instead of the driver's `driver_errors`. Generators are wrapped so that an error
     while iterating is translated too."""
 
-    def wrap(method):
+    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
         if inspect.isgeneratorfunction(method):
+
             @functools.wraps(method)
-            def gen_wrapper(self, *args, **kwargs):
+            def gen_wrapper(self: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
                 try:
                     yield from method(self, *args, **kwargs)
                 except driver_errors as exc:
                     raise StoreUnavailable(self.location, _reason(exc)) from exc
+
             return gen_wrapper
 
         @functools.wraps(method)
-        def wrapper(self, *args, **kwargs):
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
             try:
                 return method(self, *args, **kwargs)
             except driver_errors as exc:
                 raise StoreUnavailable(self.location, _reason(exc)) from exc
+
         return wrapper
 
-    def decorate(cls):
+    def decorate(cls: C) -> C:
         for name in INTERFACE_METHODS:
             if name in cls.__dict__:
                 setattr(cls, name, wrap(cls.__dict__[name]))

@@ -20,6 +20,7 @@ One pool per process (gunicorn workers fork; a pool is never shared across a for
 uses the store holds one of its connections, opened on first use (a sync gunicorn worker: one;
 `pool_size`, 16, bounds the threads of a gthread worker).
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,19 +29,32 @@ import threading
 import time
 import weakref
 import zlib
-from typing import Callable, Iterator, Sequence, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import psycopg
 import psycopg_pool
 from psycopg import pq
 from psycopg.conninfo import make_conninfo
+from psycopg.pq.abc import PGresult
 
-from serving.store.base import (FEEDBACK_COLUMNS, FeedbackProvenance, FeedbackRecord, ReloadOutcome,
-                                ServedRecord, StateStore, StoreUnavailable, activation_change, feedback_params,
-                                feedback_record, translate_errors, window_array)
+from serving.store.base import (
+    FEEDBACK_COLUMNS,
+    FeedbackProvenance,
+    FeedbackRecord,
+    ReloadOutcome,
+    ServedRecord,
+    StateStore,
+    StoreUnavailable,
+    activation_change,
+    feedback_params,
+    feedback_record,
+    translate_errors,
+    window_array,
+)
 
-log = logging.getLogger("serving.store")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _SCHEMA = (
@@ -86,17 +100,28 @@ _SCHEMA = (
 # worker predicted with. One row is the hot path: a server-side prepared statement run through libpq
 # directly (psycopg.pq), which costs about half the client CPU of a cursor execute; a batch is one array.
 _INSERT_ONE_NAME = b"driftloop_insert_one_if_current"
-_INSERT_ONE_IF_CURRENT = (b"INSERT INTO window_rows (epoch, x) SELECT $1::bigint, $2::bytea FROM served "
-                          b"WHERE model_name = $3 AND generation = $4::bigint")
-_INSERT_MANY_IF_CURRENT = ("INSERT INTO window_rows (epoch, x) SELECT %s, unnest(%s::bytea[]) FROM served "
-                           "WHERE model_name = %s AND generation = %s")
+_INSERT_ONE_IF_CURRENT = (
+    b"INSERT INTO window_rows (epoch, x) SELECT $1::bigint, $2::bytea FROM served "
+    b"WHERE model_name = $3 AND generation = $4::bigint"
+)
+_INSERT_MANY_IF_CURRENT = (
+    "INSERT INTO window_rows (epoch, x) SELECT %s, unnest(%s::bytea[]) FROM served "
+    "WHERE model_name = %s AND generation = %s"
+)
 
 _INSERT_ONE_FORMATS = [0, 1, 0, 0]  # text, binary (the row's float64 bytes), text, text
 
 
-def _pq_error(result: pq.PGresult, doing: str) -> str:
+def _scalar(cursor: psycopg.Cursor[tuple[Any, ...]]) -> Any:
+    """The first column of the query's one row."""
+    row = cursor.fetchone()
+    assert row is not None, "the query returns one row"
+    return row[0]
+
+
+def _pq_error(result: PGresult, doing: str) -> str:
     message = (result.error_message or b"").decode("utf-8", "replace").strip()
-    return f"{doing}: {message or result.status.name}"
+    return f"{doing}: {message or pq.ExecStatus(result.status).name}"
 
 
 # advisory lock keys (64-bit): one for schema creation, one per model name for its served record
@@ -111,8 +136,16 @@ def _model_lock(model_name: str) -> int:
 class PostgresStore(StateStore):
     """All three stores in one PostgreSQL database (give it a database of its own)."""
 
-    def __init__(self, url: str, window_size: int, prune_every: int = 256, connect_timeout: float = 2.0,
-                 retry_after: float = 2.0, pool_size: int = 16, lock_timeout_ms: int = 5000):
+    def __init__(
+        self,
+        url: str,
+        window_size: int,
+        prune_every: int = 256,
+        connect_timeout: float = 2.0,
+        retry_after: float = 2.0,
+        pool_size: int = 16,
+        lock_timeout_ms: int = 5000,
+    ):
         from serving.store import redact_url  # the package's one redaction routine
 
         self.location = redact_url(url)
@@ -122,15 +155,18 @@ class PostgresStore(StateStore):
         self.retry_after = float(retry_after)
         self.pool_size = max(1, int(pool_size))
         self._conninfo = make_conninfo(
-            url, connect_timeout=max(1, int(round(connect_timeout))), application_name="driftloop-serving",
+            url,
+            connect_timeout=max(1, int(round(connect_timeout))),
+            application_name="driftloop-serving",
             # lock_timeout, not statement_timeout: a statement that waits on a lock (e.g. DDL by
             # hand) fails instead of holding the worker, and no timer is armed per statement
-            options=f"-c synchronous_commit=off -c lock_timeout={int(lock_timeout_ms)}")
+            options=f"-c synchronous_commit=off -c lock_timeout={int(lock_timeout_ms)}",
+        )
         self._pool_obj: psycopg_pool.ConnectionPool | None = None
         self._pool_pid: int | None = None
         self._pool_lock = threading.Lock()
         self._local = threading.local()
-        self._prepared: weakref.WeakSet = weakref.WeakSet()
+        self._prepared: weakref.WeakSet[psycopg.Connection] = weakref.WeakSet()
         self._schema_ready = False
         self._down_until = 0.0
         self._down_reason = ""
@@ -149,8 +185,14 @@ class PostgresStore(StateStore):
             if self._pool_obj is None or self._pool_pid != os.getpid():
                 # after a fork the parent's pool (its sockets and threads) is not ours: start a new one
                 self._pool_obj = psycopg_pool.ConnectionPool(
-                    self._conninfo, min_size=1, max_size=self.pool_size, open=False, timeout=self.connect_timeout,
-                    kwargs={"autocommit": True}, num_workers=1, name="serving-store",
+                    self._conninfo,
+                    min_size=1,
+                    max_size=self.pool_size,
+                    open=False,
+                    timeout=self.connect_timeout,
+                    kwargs={"autocommit": True},
+                    num_workers=1,
+                    name="serving-store",
                     reconnect_timeout=self.connect_timeout,  # then reconnect on demand (breaker-paced)
                 )
                 self._pool_obj.open(wait=False)
@@ -232,8 +274,10 @@ class PostgresStore(StateStore):
 
     # -- served state ------------------------------------------------------------------------------
     def generation(self, model_name: str) -> int | None:
-        row = self._run(lambda c: c.execute("SELECT generation FROM served WHERE model_name = %s",
-                                            (model_name,)).fetchone(), retry_read=True)
+        row = self._run(
+            lambda c: c.execute("SELECT generation FROM served WHERE model_name = %s", (model_name,)).fetchone(),
+            retry_read=True,
+        )
         return None if row is None else int(row[0])
 
     def served(self, model_name: str) -> ServedRecord | None:
@@ -243,36 +287,48 @@ class PostgresStore(StateStore):
     def _served(conn: psycopg.Connection, model_name: str) -> ServedRecord | None:
         row = conn.execute(
             "SELECT s.model_name, s.version, s.run_id, s.epoch, s.generation, s.activated_at, e.started_at "
-            "FROM served s LEFT JOIN epochs e ON e.id = s.epoch WHERE s.model_name = %s", (model_name,)).fetchone()
+            "FROM served s LEFT JOIN epochs e ON e.id = s.epoch WHERE s.model_name = %s",
+            (model_name,),
+        ).fetchone()
         if row is None:
             return None
         return ServedRecord(row[0], row[1], row[2], int(row[3]), int(row[4]), row[5], row[6] or row[5])
 
-    def activate(self, model_name: str, version: str, run_id: str | None,
-                 if_absent: bool = False) -> tuple[ServedRecord, bool]:
+    def activate(
+        self, model_name: str, version: str, run_id: str | None, if_absent: bool = False
+    ) -> tuple[ServedRecord, bool]:
         def work(conn: psycopg.Connection) -> tuple[ServedRecord, bool]:
             now = time.time()
             with conn.transaction():
                 conn.execute("SET LOCAL synchronous_commit = on")
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_model_lock(model_name),))
-                row = conn.execute("SELECT version, epoch, generation FROM served WHERE model_name = %s",
-                                   (model_name,)).fetchone()
+                row = conn.execute(
+                    "SELECT version, epoch, generation FROM served WHERE model_name = %s", (model_name,)
+                ).fetchone()
                 change = activation_change(None if row is None else row[0], version, if_absent)
                 if change == "run_id":
                     conn.execute("UPDATE served SET run_id = %s WHERE model_name = %s", (run_id, model_name))
                 if change == "new_epoch":
-                    epoch = conn.execute("INSERT INTO epochs (model_name, version, started_at) VALUES (%s, %s, %s) "
-                                         "RETURNING id", (model_name, str(version), now)).fetchone()[0]
+                    epoch = _scalar(
+                        conn.execute(
+                            "INSERT INTO epochs (model_name, version, started_at) VALUES (%s, %s, %s) RETURNING id",
+                            (model_name, str(version), now),
+                        )
+                    )
                     generation = (int(row[2]) + 1) if row is not None else 1
                     conn.execute(
                         "INSERT INTO served (model_name, version, run_id, epoch, generation, activated_at) "
                         "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (model_name) DO UPDATE SET "
                         "version = excluded.version, run_id = excluded.run_id, epoch = excluded.epoch, "
                         "generation = excluded.generation, activated_at = excluded.activated_at",
-                        (model_name, str(version), run_id, epoch, generation, now))
+                        (model_name, str(version), run_id, epoch, generation, now),
+                    )
                     # the old windows of this model name are of no further use
-                    conn.execute("DELETE FROM window_rows WHERE epoch IN "
-                                 "(SELECT id FROM epochs WHERE model_name = %s AND id <> %s)", (model_name, epoch))
+                    conn.execute(
+                        "DELETE FROM window_rows WHERE epoch IN "
+                        "(SELECT id FROM epochs WHERE model_name = %s AND id <> %s)",
+                        (model_name, epoch),
+                    )
                 started = change == "new_epoch"
                 record = self._served(conn, model_name)
             assert record is not None
@@ -288,28 +344,35 @@ class PostgresStore(StateStore):
                     "INSERT INTO reloads (model_name, ok, version, message, at) VALUES (%s, %s, %s, %s, %s) "
                     "ON CONFLICT (model_name) DO UPDATE SET ok = excluded.ok, version = excluded.version, "
                     "message = excluded.message, at = excluded.at",
-                    (model_name, bool(ok), version, message, time.time()))
+                    (model_name, bool(ok), version, message, time.time()),
+                )
 
         self._run(work)
 
     def last_reload(self, model_name: str) -> ReloadOutcome | None:
-        row = self._run(lambda c: c.execute("SELECT ok, version, message, at FROM reloads WHERE model_name = %s",
-                                            (model_name,)).fetchone(), retry_read=True)
+        row = self._run(
+            lambda c: c.execute(
+                "SELECT ok, version, message, at FROM reloads WHERE model_name = %s", (model_name,)
+            ).fetchone(),
+            retry_read=True,
+        )
         return None if row is None else ReloadOutcome(bool(row[0]), row[1], row[2], row[3])
 
     # -- drift window ------------------------------------------------------------------------------
     def add_rows(self, epoch: int, rows: np.ndarray) -> None:
         rows = np.ascontiguousarray(rows, dtype=np.float64)
         if len(rows) == 1:
-            self._run(lambda c: c.execute("INSERT INTO window_rows (epoch, x) VALUES (%s, %s)",
-                                          (epoch, rows[0].tobytes())))
+            self._run(
+                lambda c: c.execute("INSERT INTO window_rows (epoch, x) VALUES (%s, %s)", (epoch, rows[0].tobytes()))
+            )
         else:
-            rows = rows[-self.window_size:]  # a batch larger than the window only leaves its last rows in it
+            rows = rows[-self.window_size :]  # a batch larger than the window only leaves its last rows in it
 
             def work(conn: psycopg.Connection) -> None:
                 with conn.transaction(), conn.cursor() as cur:
-                    cur.executemany("INSERT INTO window_rows (epoch, x) VALUES (%s, %s)",
-                                    [(epoch, r.tobytes()) for r in rows])
+                    cur.executemany(
+                        "INSERT INTO window_rows (epoch, x) VALUES (%s, %s)", [(epoch, r.tobytes()) for r in rows]
+                    )
 
             self._run(work)
         self._inserts += len(rows)
@@ -320,13 +383,18 @@ class PostgresStore(StateStore):
     def add_rows_if_current(self, model_name: str, generation: int | None, epoch: int, rows: np.ndarray) -> bool:
         if generation is None:
             return False
-        rows = np.ascontiguousarray(rows, dtype=np.float64)[-self.window_size:]
+        rows = np.ascontiguousarray(rows, dtype=np.float64)[-self.window_size :]
         if len(rows) == 1:
             params = [str(epoch).encode(), rows[0].tobytes(), model_name.encode("utf-8"), str(generation).encode()]
             added = self._run(lambda c: self._insert_one(c, params))
         else:
-            added = self._run(lambda c: c.execute(_INSERT_MANY_IF_CURRENT, (
-                epoch, [r.tobytes() for r in rows], model_name, generation)).rowcount)
+            added = self._run(
+                lambda c: (
+                    c.execute(
+                        _INSERT_MANY_IF_CURRENT, (epoch, [r.tobytes() for r in rows], model_name, generation)
+                    ).rowcount
+                )
+            )
         if added:
             self._inserts += added
             if self._inserts >= self.prune_every:
@@ -348,39 +416,63 @@ class PostgresStore(StateStore):
 
     def prune(self, epoch: int) -> None:
         """Drop the rows of the epoch that fell out of the window (older than the last window_size)."""
-        self._run(lambda c: c.execute(
-            "DELETE FROM window_rows WHERE epoch = %s AND id < (SELECT id FROM window_rows WHERE epoch = %s "
-            "ORDER BY id DESC OFFSET %s LIMIT 1)", (epoch, epoch, self.window_size - 1)))
+        self._run(
+            lambda c: c.execute(
+                "DELETE FROM window_rows WHERE epoch = %s AND id < (SELECT id FROM window_rows WHERE epoch = %s "
+                "ORDER BY id DESC OFFSET %s LIMIT 1)",
+                (epoch, epoch, self.window_size - 1),
+            )
+        )
 
     def window(self, epoch: int, size: int) -> np.ndarray:
-        blobs = self._run(lambda c: c.execute("SELECT x FROM window_rows WHERE epoch = %s ORDER BY id DESC LIMIT %s",
-                                              (epoch, int(size))).fetchall(), retry_read=True)
+        blobs = self._run(
+            lambda c: c.execute(
+                "SELECT x FROM window_rows WHERE epoch = %s ORDER BY id DESC LIMIT %s", (epoch, int(size))
+            ).fetchall(),
+            retry_read=True,
+        )
         return window_array(blobs)
 
     def reset_window(self, epoch: int) -> int:
         return self._run(lambda c: c.execute("DELETE FROM window_rows WHERE epoch = %s", (epoch,)).rowcount)
 
     # -- feedback ----------------------------------------------------------------------------------
-    def add_feedback(self, model_name: str, model_version: str | None, rows: np.ndarray,
-                     labels: Sequence[int | str], provenance: FeedbackProvenance | None = None) -> int:
+    def add_feedback(
+        self,
+        model_name: str,
+        model_version: str | None,
+        rows: np.ndarray,
+        labels: Sequence[int | str],
+        provenance: FeedbackProvenance | None = None,
+    ) -> int:
         params = feedback_params(model_name, model_version, rows, labels, provenance)
 
         def work(conn: psycopg.Connection) -> None:
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute("SET LOCAL synchronous_commit = on")
-                cur.executemany("INSERT INTO feedback (model_name, model_version, created_at, features, label, "
-                                "credential, client_addr, source) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", params)
+                cur.executemany(
+                    "INSERT INTO feedback (model_name, model_version, created_at, features, label, "
+                    "credential, client_addr, source) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    params,
+                )
 
         self._run(work)
         return len(params)
 
     def iter_feedback_records(self, model_name: str) -> Iterator[FeedbackRecord]:
-        rows = self._run(lambda c: c.execute(
-            f"SELECT {FEEDBACK_COLUMNS} FROM feedback WHERE model_name = %s ORDER BY id", (model_name,)).fetchall(),
-            retry_read=True)
+        rows = self._run(
+            lambda c: c.execute(
+                f"SELECT {FEEDBACK_COLUMNS} FROM feedback WHERE model_name = %s ORDER BY id", (model_name,)
+            ).fetchall(),
+            retry_read=True,
+        )
         for row in rows:
             yield feedback_record(row)
 
     def count_feedback(self, model_name: str) -> int:
-        return int(self._run(lambda c: c.execute("SELECT COUNT(*) FROM feedback WHERE model_name = %s",
-                                                 (model_name,)).fetchone()[0], retry_read=True))
+        return int(
+            self._run(
+                lambda c: _scalar(c.execute("SELECT COUNT(*) FROM feedback WHERE model_name = %s", (model_name,))),
+                retry_read=True,
+            )
+        )

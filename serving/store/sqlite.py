@@ -9,6 +9,7 @@ and leaves it byte-for-byte as it was. A new state is built in a temporary file 
 place, so a crash cannot leave a 0-byte or half-made file under the state file's name, and of several
 workers creating it at once exactly one file wins. Connections never create the file (`mode=rw`).
 """
+
 from __future__ import annotations
 
 import os
@@ -17,16 +18,27 @@ import sqlite3
 import stat
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 from urllib.parse import quote
 
 import numpy as np
 
-from serving.store.base import (FEEDBACK_COLUMNS, FeedbackProvenance, FeedbackRecord, ReloadOutcome,
-                                ServedRecord, StateFileError, StateStore, StoreUnavailable, activation_change,
-                                feedback_params, feedback_record, translate_errors, window_array)
-
+from serving.store.base import (
+    FEEDBACK_COLUMNS,
+    FeedbackProvenance,
+    FeedbackRecord,
+    ReloadOutcome,
+    ServedRecord,
+    StateFileError,
+    StateStore,
+    StoreUnavailable,
+    activation_change,
+    feedback_params,
+    feedback_record,
+    translate_errors,
+    window_array,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS served (
@@ -94,7 +106,7 @@ def _schema_statements() -> list[str]:
     return [s for s in (part.strip() for part in _SCHEMA.split(";")) if s]
 
 
-def check_state_file(path: str | os.PathLike, timeout: float = 10.0) -> bool:
+def check_state_file(path: str | os.PathLike[str], timeout: float = 10.0) -> bool:
     """Is `path` a usable serving state? False when there is no file (a new state will be created),
     True when it is one; `StateFileError` (what is wrong, what to do) when it is not.
 
@@ -110,16 +122,23 @@ def check_state_file(path: str | os.PathLike, timeout: float = 10.0) -> bool:
         _refuse_orphaned_wal(path)
         return False
     if not stat.S_ISREG(st.st_mode):
-        raise StateFileError(path, "is not a regular file", "Point SERVING_DB_PATH / SERVING_STORE_URL at the "
-                             "state file, or move this out of the way")
+        raise StateFileError(
+            path,
+            "is not a regular file",
+            "Point SERVING_DB_PATH / SERVING_STORE_URL at the state file, or move this out of the way",
+        )
     if st.st_size == 0:
-        raise StateFileError(path, "is empty (0 bytes): its rows are gone, e.g. truncated by a full disk, a "
-                                   "failed copy or a crash of an older version while it created the file")
+        raise StateFileError(
+            path,
+            "is empty (0 bytes): its rows are gone, e.g. truncated by a full disk, a "
+            "failed copy or a crash of an older version while it created the file",
+        )
     with open(path, "rb") as fh:
         header = fh.read(100)
     if not header.startswith(SQLITE_MAGIC):
-        raise StateFileError(path, f"is not an SQLite database ({st.st_size} bytes starting with "
-                                   f"{header[:16]!r}, not {SQLITE_MAGIC!r})")
+        raise StateFileError(
+            path, f"is not an SQLite database ({st.st_size} bytes starting with {header[:16]!r}, not {SQLITE_MAGIC!r})"
+        )
     if len(header) < 100:
         raise StateFileError(path, f"is truncated: {st.st_size} bytes, shorter than an SQLite header")
     page_size = int.from_bytes(header[16:18], "big")
@@ -127,10 +146,12 @@ def check_state_file(path: str | os.PathLike, timeout: float = 10.0) -> bool:
     pages = int.from_bytes(header[28:32], "big")
     wal = Path(f"{path}-wal")
     wal_frames = wal.exists() and wal.stat().st_size > 32  # pages of the last commits may live there
-    if (not wal_frames and header[24:28] == header[92:96] and page_size >= 512
-            and st.st_size < pages * page_size):
-        raise StateFileError(path, f"is truncated: {st.st_size} bytes where its header counts {pages} pages "
-                                   f"of {page_size} bytes ({pages * page_size} bytes)")
+    if not wal_frames and header[24:28] == header[92:96] and page_size >= 512 and st.st_size < pages * page_size:
+        raise StateFileError(
+            path,
+            f"is truncated: {st.st_size} bytes where its header counts {pages} pages "
+            f"of {page_size} bytes ({pages * page_size} bytes)",
+        )
     _check_with_sqlite(path, timeout)
     return True
 
@@ -154,21 +175,26 @@ def _check_with_sqlite(path: Path, timeout: float) -> None:
             problem = "is an SQLite database without any table, not a serving state"
         elif not set(STATE_TABLES) & tables:
             shown = ", ".join(sorted(tables)[:8]) + (", ..." if len(tables) > 8 else "")
-            problem = (f"is another application's SQLite database (tables: {shown}), not a serving state "
-                       f"(tables {', '.join(STATE_TABLES)})")
+            problem = (
+                f"is another application's SQLite database (tables: {shown}), not a serving state "
+                f"(tables {', '.join(STATE_TABLES)})"
+            )
     except sqlite3.DatabaseError as exc:
         if getattr(exc, "sqlite_errorcode", None) not in _CORRUPT_CODES:
             raise StoreUnavailable(f"sqlite:///{path}", " ".join(str(exc).split()) or type(exc).__name__) from exc
         problem = f"is damaged or not a database (SQLite: {exc})"
     if problem is not None:
         for companion in companions:  # what our read-only look created (empty), not what was there
-            if not existed[companion] and companion.exists() and (
-                    not companion.name.endswith("-wal") or companion.stat().st_size == 0):
+            if (
+                not existed[companion]
+                and companion.exists()
+                and (not companion.name.endswith("-wal") or companion.stat().st_size == 0)
+            ):
                 companion.unlink(missing_ok=True)
         raise StateFileError(path, problem)
 
 
-def create_state_file(path: str | os.PathLike) -> bool:
+def create_state_file(path: str | os.PathLike[str]) -> bool:
     """Create a new, empty serving state at `path` unless a file is there already; True if this call
     created it. The schema is written into a temporary file, which is then hard-linked to `path`: the
     name appears complete or not at all, and when several workers start on no state at once the first
@@ -215,10 +241,12 @@ def _refuse_orphaned_wal(path: Path) -> None:
     wal = Path(f"{path}-wal")
     if wal.exists() and wal.stat().st_size > 0:
         raise StateFileError(
-            path, f"does not exist, but {wal.name} next to it does ({wal.stat().st_size} bytes): the recent "
-                  "changes of a state file that was moved or deleted, which SQLite would replay into a new file",
+            path,
+            f"does not exist, but {wal.name} next to it does ({wal.stat().st_size} bytes): the recent "
+            "changes of a state file that was moved or deleted, which SQLite would replay into a new file",
             f"Move {wal.name} (and {path.name}-shm) to where that state file went, or out of the way to start "
-            "with an empty state")
+            "with an empty state",
+        )
 
 
 def _rename_if_absent(tmp: Path, path: Path) -> bool:
@@ -241,8 +269,14 @@ class SQLiteStore(StateStore):
     trimmed every `prune_every` inserts of a process, not on each one.
     """
 
-    def __init__(self, path: str | os.PathLike, window_size: int, busy_timeout_ms: int = 10_000,
-                 prune_every: int = 256, checkpoint_seconds: float = 1.0):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        window_size: int,
+        busy_timeout_ms: int = 10_000,
+        prune_every: int = 256,
+        checkpoint_seconds: float = 1.0,
+    ):
         self.path = Path(path)
         self.location = f"sqlite:///{self.path}"
         self.window_size = int(window_size)
@@ -262,8 +296,13 @@ class SQLiteStore(StateStore):
     # -- connections -------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         # mode=rw: a state file that disappeared is an error, never silently a new empty one
-        conn = sqlite3.connect(_uri(self.path, "rw"), uri=True, timeout=self.busy_timeout_ms / 1000.0,
-                               isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            _uri(self.path, "rw"),
+            uri=True,
+            timeout=self.busy_timeout_ms / 1000.0,
+            isolation_level=None,
+            check_same_thread=False,
+        )
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
         conn.execute("PRAGMA synchronous = NORMAL")
         if self.checkpoint_seconds > 0:
@@ -361,20 +400,24 @@ class SQLiteStore(StateStore):
             return None
         return ServedRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6] or row[5])
 
-    def activate(self, model_name: str, version: str, run_id: str | None,
-                 if_absent: bool = False) -> tuple[ServedRecord, bool]:
+    def activate(
+        self, model_name: str, version: str, run_id: str | None, if_absent: bool = False
+    ) -> tuple[ServedRecord, bool]:
         conn = self.conn
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            row = conn.execute("SELECT version, epoch, generation FROM served WHERE model_name = ?",
-                               (model_name,)).fetchone()
+            row = conn.execute(
+                "SELECT version, epoch, generation FROM served WHERE model_name = ?", (model_name,)
+            ).fetchone()
             change = activation_change(None if row is None else row[0], version, if_absent)
             if change == "run_id":
                 conn.execute("UPDATE served SET run_id = ? WHERE model_name = ?", (run_id, model_name))
             if change == "new_epoch":
-                epoch = conn.execute("INSERT INTO epochs (model_name, version, started_at) VALUES (?, ?, ?)",
-                                     (model_name, str(version), now)).lastrowid
+                epoch = conn.execute(
+                    "INSERT INTO epochs (model_name, version, started_at) VALUES (?, ?, ?)",
+                    (model_name, str(version), now),
+                ).lastrowid
                 generation = (row[2] + 1) if row is not None else 1
                 conn.execute(
                     "INSERT INTO served (model_name, version, run_id, epoch, generation, activated_at) "
@@ -384,8 +427,10 @@ class SQLiteStore(StateStore):
                     (model_name, str(version), run_id, epoch, generation, now),
                 )
                 # the old windows of this model name are of no further use
-                conn.execute("DELETE FROM window_rows WHERE epoch IN "
-                             "(SELECT id FROM epochs WHERE model_name = ? AND id <> ?)", (model_name, epoch))
+                conn.execute(
+                    "DELETE FROM window_rows WHERE epoch IN (SELECT id FROM epochs WHERE model_name = ? AND id <> ?)",
+                    (model_name, epoch),
+                )
             started = change == "new_epoch"
             conn.execute("COMMIT")
         except BaseException:
@@ -404,14 +449,20 @@ class SQLiteStore(StateStore):
         )
 
     def last_reload(self, model_name: str) -> ReloadOutcome | None:
-        row = self.conn.execute("SELECT ok, version, message, at FROM reloads WHERE model_name = ?",
-                                (model_name,)).fetchone()
+        row = self.conn.execute(
+            "SELECT ok, version, message, at FROM reloads WHERE model_name = ?", (model_name,)
+        ).fetchone()
         return None if row is None else ReloadOutcome(bool(row[0]), row[1], row[2], row[3])
 
     def clear_failed_reload(self, model_name: str, failed_at: float, version: str, message: str) -> bool:
-        return self.conn.execute(
-            "UPDATE reloads SET ok = 1, version = ?, message = ?, at = ? WHERE model_name = ? AND ok = 0 AND at = ?",
-            (version, message, time.time(), model_name, failed_at)).rowcount == 1
+        return (
+            self.conn.execute(
+                "UPDATE reloads SET ok = 1, version = ?, message = ?, at = ? "
+                "WHERE model_name = ? AND ok = 0 AND at = ?",
+                (version, message, time.time(), model_name, failed_at),
+            ).rowcount
+            == 1
+        )
 
     # -- drift window --------------------------------------------------------------------------
     def add_rows(self, epoch: int, rows: np.ndarray) -> None:
@@ -421,11 +472,12 @@ class SQLiteStore(StateStore):
             conn.execute("INSERT INTO window_rows (epoch, x) VALUES (?, ?)", (epoch, rows[0].tobytes()))
         else:
             # a batch larger than the window only leaves its last rows in it
-            rows = rows[-self.window_size:]
+            rows = rows[-self.window_size :]
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany("INSERT INTO window_rows (epoch, x) VALUES (?, ?)",
-                                 [(epoch, r.tobytes()) for r in rows])
+                conn.executemany(
+                    "INSERT INTO window_rows (epoch, x) VALUES (?, ?)", [(epoch, r.tobytes()) for r in rows]
+                )
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -444,22 +496,32 @@ class SQLiteStore(StateStore):
         )
 
     def window(self, epoch: int, size: int) -> np.ndarray:
-        blobs = self.conn.execute("SELECT x FROM window_rows WHERE epoch = ? ORDER BY id DESC LIMIT ?",
-                                  (epoch, int(size))).fetchall()
+        blobs = self.conn.execute(
+            "SELECT x FROM window_rows WHERE epoch = ? ORDER BY id DESC LIMIT ?", (epoch, int(size))
+        ).fetchall()
         return window_array(blobs)
 
     def reset_window(self, epoch: int) -> int:
         return self.conn.execute("DELETE FROM window_rows WHERE epoch = ?", (epoch,)).rowcount
 
     # -- feedback ------------------------------------------------------------------------------
-    def add_feedback(self, model_name: str, model_version: str | None, rows: np.ndarray,
-                     labels: Sequence[int | str], provenance: FeedbackProvenance | None = None) -> int:
+    def add_feedback(
+        self,
+        model_name: str,
+        model_version: str | None,
+        rows: np.ndarray,
+        labels: Sequence[int | str],
+        provenance: FeedbackProvenance | None = None,
+    ) -> int:
         params = feedback_params(model_name, model_version, rows, labels, provenance)
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany("INSERT INTO feedback (model_name, model_version, created_at, features, label, "
-                             "credential, client_addr, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", params)
+            conn.executemany(
+                "INSERT INTO feedback (model_name, model_version, created_at, features, label, "
+                "credential, client_addr, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                params,
+            )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -468,9 +530,10 @@ class SQLiteStore(StateStore):
 
     def iter_feedback_records(self, model_name: str) -> Iterator[FeedbackRecord]:
         cursor = self.conn.execute(
-            f"SELECT {FEEDBACK_COLUMNS} FROM feedback WHERE model_name = ? ORDER BY id", (model_name,))
+            f"SELECT {FEEDBACK_COLUMNS} FROM feedback WHERE model_name = ? ORDER BY id", (model_name,)
+        )
         for row in cursor:
             yield feedback_record(row)
 
     def count_feedback(self, model_name: str) -> int:
-        return self.conn.execute("SELECT COUNT(*) FROM feedback WHERE model_name = ?", (model_name,)).fetchone()[0]
+        return int(self.conn.execute("SELECT COUNT(*) FROM feedback WHERE model_name = ?", (model_name,)).fetchone()[0])

@@ -4,6 +4,7 @@ Imported by the conftest files of tests/airflow_kfp_provider and tests/dags *bef
 airflow*, because Airflow reads its configuration once, at import time. ``init_db()`` creates the
 metadata tables in-process (what ``airflow db migrate`` does for a fresh database) once per session.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -24,16 +25,18 @@ if "_airflow_testenv_home" not in os.environ:
         raise RuntimeError("airflow was imported before tests/airflow_kfp_provider/airflow_testenv.py set AIRFLOW_HOME")
 
 AIRFLOW_HOME = Path(os.environ["_airflow_testenv_home"])
-os.environ.update({
-    "AIRFLOW_HOME": str(AIRFLOW_HOME),
-    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
-    "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-    "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-    "KFP_LOCAL_RUNS_DIR": str(AIRFLOW_HOME / "kfp_local_runs"),
-})
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "KFP_LOCAL_RUNS_DIR": str(AIRFLOW_HOME / "kfp_local_runs"),
+    }
+)
 
 _db_ready = False
 

@@ -1,4 +1,5 @@
 """Airflow test environment (temp AIRFLOW_HOME, SQLite) and the shared fixtures."""
+
 from __future__ import annotations
 
 import sys

@@ -19,12 +19,13 @@ the run's ``msg`` parameter: "fail" -> PENDING, RUNNING, FAILED (with an error);
 RUNNING; "paused" -> PAUSED then SUCCEEDED; anything else -> PENDING, RUNNING, SUCCEEDED. Tests can
 also set ``server.scripts[run_id]`` and inject failures with ``server.fail_next(n, status)``.
 """
+
 from __future__ import annotations
 
 import json
 import threading
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -33,7 +34,7 @@ GRPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 409: 6, 429: 8, 500: 13, 503: 14}
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class FakeKfpServer:
@@ -207,14 +208,18 @@ class _Handler(BaseHTTPRequestHandler):
         prefix = "/apis/v2beta1/"
         if not path.startswith(prefix):
             return self._error(404, f"Not Found: {path}")
-        parts = path[len(prefix):].split("/")
+        parts = path[len(prefix) :].split("/")
         res = parts[0]
         if res == "healthz" and method == "GET":
             return self._send(200, {"commit_sha": "fake", "tag_name": "2.5.0-fake", "multi_user": st.multi_user})
         if res == "experiments":
             if len(parts) == 1 and method == "GET":
-                exps = [e for e in st.experiments.values() if _match(query.get("filter"), e)
-                        and (not query.get("namespace") or e["namespace"] == query["namespace"])]
+                exps = [
+                    e
+                    for e in st.experiments.values()
+                    if _match(query.get("filter"), e)
+                    and (not query.get("namespace") or e["namespace"] == query["namespace"])
+                ]
                 return self._send(200, {"experiments": exps, "total_size": len(exps)} if exps else {})
             if len(parts) == 1 and method == "POST":
                 if not body.get("display_name"):
@@ -236,8 +241,12 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._error(400, "Invalid input error: a pipeline spec or version is required")
                 return self._send(200, st.create_run(body))
             if len(parts) == 1 and method == "GET":
-                runs = [r for r in st.runs.values() if _match(query.get("filter"), r)
-                        and (not query.get("experiment_id") or r["experiment_id"] == query["experiment_id"])]
+                runs = [
+                    r
+                    for r in st.runs.values()
+                    if _match(query.get("filter"), r)
+                    and (not query.get("experiment_id") or r["experiment_id"] == query["experiment_id"])
+                ]
                 reverse = query.get("sort_by", "").endswith("desc")
                 runs.sort(key=lambda r: r["created_at"], reverse=reverse)
                 size = int(query.get("page_size") or 20)

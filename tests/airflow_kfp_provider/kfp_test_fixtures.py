@@ -1,4 +1,5 @@
 """Fixtures shared by tests/airflow_kfp_provider and tests/dags (imported by both conftest files)."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pytest
-
 import airflow_testenv
+import pytest
 from fake_kfp_server import FakeKfpServer
 
 HERE = Path(__file__).resolve().parent
@@ -64,13 +64,18 @@ def kfp_server(kfp_server_session) -> FakeKfpServer:
 
 
 def local_conn(runs_dir: Path, runner=None) -> dict:
-    return {"conn_type": "kfp", "extra": {"backend": "local", "runs_dir": str(runs_dir),
-                                         "runner": runner or [sys.executable, str(FAKE_RUNNER)]}}
+    return {
+        "conn_type": "kfp",
+        "extra": {
+            "backend": "local",
+            "runs_dir": str(runs_dir),
+            "runner": runner or [sys.executable, str(FAKE_RUNNER)],
+        },
+    }
 
 
 def kfp_conn(server: FakeKfpServer, **extra) -> dict:
-    return {"conn_type": "kfp", "host": server.url,
-            "extra": {"backend": "kfp", "experiment": "airflow-tests", **extra}}
+    return {"conn_type": "kfp", "host": server.url, "extra": {"backend": "kfp", "experiment": "airflow-tests", **extra}}
 
 
 class BackendHarness:
@@ -136,13 +141,23 @@ class FakeServing:
     def set_drift(self, detected: bool) -> None:
         if detected:
             self.drift = {
-                "drift_detected": True, "threshold": 0.05, "samples": 100, "correction": "bonferroni",
-                "features": {"petal_length": {"ks_stat": 0.61, "p_value": 0.0001, "drift": True},
-                             "sepal_width": {"ks_stat": 0.08, "p_value": 0.9, "drift": False}},
+                "drift_detected": True,
+                "threshold": 0.05,
+                "samples": 100,
+                "correction": "bonferroni",
+                "features": {
+                    "petal_length": {"ks_stat": 0.61, "p_value": 0.0001, "drift": True},
+                    "sepal_width": {"ks_stat": 0.08, "p_value": 0.9, "drift": False},
+                },
             }
         else:
-            self.drift = {"drift_detected": False, "threshold": 0.05, "samples": 100, "correction": "bonferroni",
-                          "features": {"petal_length": {"ks_stat": 0.05, "p_value": 0.8, "drift": False}}}
+            self.drift = {
+                "drift_detected": False,
+                "threshold": 0.05,
+                "samples": 100,
+                "correction": "bonferroni",
+                "features": {"petal_length": {"ks_stat": 0.05, "p_value": 0.8, "drift": False}},
+            }
 
     def close(self):
         self.httpd.shutdown()

@@ -1,20 +1,22 @@
 """KfpHook: configuration from the connection, and the kfp backend through the REAL kfp.Client
-against a local server speaking the KFP v2beta1 REST API (fake_kfp_server.py)."""
+(public API only) against a local server speaking the KFP v2beta1 REST API (fake_kfp_server.py)."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
+from kfp_test_fixtures import free_port, kfp_conn, set_conn, wait_for
 
-from airflow_kfp_provider.hooks.kfp import (
+from airflow_kfp_provider.config import KfpConnectionConfig
+from airflow_kfp_provider.exceptions import (
     KfpApiError,
+    KfpAuthError,
     KfpConfigError,
-    KfpConnectionConfig,
-    KfpHook,
     KfpRunNotFound,
     KfpTransientError,
 )
-from kfp_test_fixtures import free_port, kfp_conn, set_conn, wait_for
+from airflow_kfp_provider.hooks.kfp import KfpHook
 
 
 class _Conn:
@@ -28,8 +30,8 @@ def test_backend_defaults_to_local_with_documented_paths(monkeypatch, tmp_path):
     cfg = KfpConnectionConfig.from_connection(_Conn(extra={}))
     assert cfg.backend == "local"
     assert cfg.runs_dir == str(tmp_path / "r")
-    assert cfg.runner[1:] == ["-m", "kfp_components.run_local"]
-    assert cfg.enable_caching is False and cfg.experiment == "drift-retrain"
+    assert cfg.runner[1:] == ["-m", "airflow_kfp_provider.local_runner"]
+    assert cfg.enable_caching is False and cfg.experiment == "Default"
 
 
 def test_unknown_backend_says_how_to_fix():
@@ -38,12 +40,15 @@ def test_unknown_backend_says_how_to_fix():
     assert "unknown KFP backend 'argo'" in str(err.value) and "local, kfp" in str(err.value)
 
 
-@pytest.mark.parametrize("host,port,schema,expected", [
-    ("ml-pipeline.kubeflow", 8888, None, "http://ml-pipeline.kubeflow:8888"),
-    ("https://kfp.example.org/pipeline/", None, None, "https://kfp.example.org/pipeline"),
-    ("kfp.example.org", 443, "https", "https://kfp.example.org:443"),
-    ("http://127.0.0.1:8080", 9999, None, "http://127.0.0.1:8080"),
-])
+@pytest.mark.parametrize(
+    "host,port,schema,expected",
+    [
+        ("ml-pipeline.kubeflow", 8888, None, "http://ml-pipeline.kubeflow:8888"),
+        ("https://kfp.example.org/pipeline/", None, None, "https://kfp.example.org/pipeline"),
+        ("kfp.example.org", 443, "https", "https://kfp.example.org:443"),
+        ("http://127.0.0.1:8080", 9999, None, "http://127.0.0.1:8080"),
+    ],
+)
 def test_host_building(host, port, schema, expected):
     cfg = KfpConnectionConfig.from_connection(_Conn(host=host, port=port, schema=schema, extra={"backend": "kfp"}))
     assert cfg.host == expected
@@ -61,13 +66,13 @@ def test_auth_selection():
 def test_missing_connection_says_which_env_var(monkeypatch):
     monkeypatch.delenv("AIRFLOW_CONN_NOPE_KFP", raising=False)
     with pytest.raises(KfpConfigError, match="AIRFLOW_CONN_NOPE_KFP"):
-        KfpHook("nope_kfp").config
+        _ = KfpHook("nope_kfp").config
 
 
 def test_kfp_backend_without_host():
     hook = KfpHook(connection=_Conn(extra={"backend": "kfp"}))
     with pytest.raises(KfpConfigError, match="has no host"):
-        hook.backend
+        _ = hook.backend
 
 
 # -- the kfp backend against the fake API server, through the real kfp.Client ----------------------
@@ -112,8 +117,9 @@ def test_bearer_token_is_sent(monkeypatch, kfp_server):
     set_conn(monkeypatch, "kfp_default", {**kfp_conn(kfp_server), "password": "s3cret"})
     KfpHook().preflight(None)
     set_conn(monkeypatch, "kfp_default", {**kfp_conn(kfp_server), "password": "wrong"})
-    with pytest.raises(KfpApiError, match="refused the credentials"):
+    with pytest.raises(KfpAuthError, match="refused the credentials") as err:
         KfpHook().find_run_by_name("x")
+    assert isinstance(err.value, KfpApiError)
 
 
 def test_service_account_token_file(monkeypatch, kfp_server, tmp_path):
@@ -127,8 +133,11 @@ def test_service_account_token_file(monkeypatch, kfp_server, tmp_path):
 
 
 def test_unreachable_host_is_transient_and_says_what_to_check(monkeypatch):
-    set_conn(monkeypatch, "kfp_default", {"conn_type": "kfp", "host": f"http://127.0.0.1:{free_port()}",
-                                          "extra": {"backend": "kfp"}})
+    set_conn(
+        monkeypatch,
+        "kfp_default",
+        {"conn_type": "kfp", "host": f"http://127.0.0.1:{free_port()}", "extra": {"backend": "kfp"}},
+    )
     with pytest.raises(KfpTransientError) as err:
         KfpHook().preflight(None)
     assert "unreachable" in str(err.value) and "port-forward" in str(err.value)
@@ -185,3 +194,32 @@ def test_provider_info_points_at_real_classes():
         for entry in info[kind]:
             for module in entry["python-modules"]:
                 importlib.import_module(module)
+    from airflow.sdk import BaseOperatorLink
+
+    for path in info["extra-links"]:
+        module, _, cls = path.rpartition(".")
+        assert issubclass(getattr(importlib.import_module(module), cls), BaseOperatorLink)
+
+
+def test_the_provider_imports_no_project_package():
+    """The provider is a reusable library: no import of this project's other packages anywhere in it."""
+    import ast
+    from pathlib import Path
+
+    import airflow_kfp_provider
+
+    root = Path(airflow_kfp_provider.__file__).parent
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            for name in names:
+                assert name.split(".")[0] not in {"driftloop", "kfp_components", "serving", "stack", "k8s"}, (
+                    f"{path.relative_to(root)} imports {name}"
+                )
+        assert "_healthz_api" not in path.read_text(), path  # public kfp.Client API only

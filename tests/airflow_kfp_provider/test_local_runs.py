@@ -1,4 +1,5 @@
-"""The local backend's run records: detached runner, records on disk, names, cancel, lost runners."""
+"""The local backend's run records: detached runner, files on disk, names, cancel, lost runners (psutil)."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,9 @@ import signal
 import sys
 
 import pytest
-
-from airflow_kfp_provider.local_runs import LocalRunStore, RunNameTaken, RunNotFound, parse_outcome
 from kfp_test_fixtures import FAKE_RUNNER, wait_for
+
+from airflow_kfp_provider.local_runs import LocalRunStore, RunNameTaken, RunNotFound, read_outcome
 
 
 def _cmd(tmp_path, msg="ok"):
@@ -26,7 +27,7 @@ def test_run_to_success_and_record_survives_a_new_store(tmp_path):
     assert rec["supervisor_pid"]
     final = wait_for(lambda: (r := store.get(rec["run_id"]))["state"] in ("SUCCEEDED", "FAILED") and r)
     assert final["state"] == "SUCCEEDED", final
-    assert final["outputs"]["outcome"]["decision"] == "accepted"
+    assert final["outputs"]["outcome"]["decision"] == "accepted"  # from the runner's outcome file
     assert final["exit_code"] == 0 and final["started_at"] and final["finished_at"]
     # a new store object (think: Airflow restarted) sees the same record, by id and by name
     again = LocalRunStore(tmp_path / "runs")
@@ -80,9 +81,32 @@ def test_unknown_run(tmp_path):
         LocalRunStore(tmp_path).get("does-not-exist")
 
 
-def test_parse_outcome(tmp_path):
-    log = tmp_path / "run.log"
-    log.write_text('noise\nOUTCOME {"decision": "x"}\nmore\nOUTCOME {"decision": "rejected"}\n')
-    assert parse_outcome(log) == {"decision": "rejected"}
-    log.write_text("no outcome\n")
-    assert parse_outcome(log) is None
+def test_read_outcome(tmp_path):
+    assert read_outcome(tmp_path) is None
+    (tmp_path / "outcome.json").write_text('{"decision": "rejected"}')
+    assert read_outcome(tmp_path) == {"decision": "rejected"}
+    (tmp_path / "outcome.json").write_text("OUTCOME not json")
+    assert read_outcome(tmp_path) is None
+
+
+def test_states_are_the_providers(tmp_path):
+    from airflow_kfp_provider.states import STATES
+
+    store = LocalRunStore(tmp_path / "runs")
+    rec = store.start(store.create_run("s", _cmd(tmp_path))["run_id"])
+    seen = {rec["state"]}
+    final = wait_for(lambda: seen.add((r := store.get(rec["run_id"]))["state"]) or (r["state"] == "SUCCEEDED" and r))
+    assert seen <= set(STATES) and final["exit_code"] == 0
+
+
+def test_a_reused_pid_is_not_the_supervisor(tmp_path):
+    """Liveness is pid AND creation time: another process with the same pid does not keep a run alive."""
+    import json as _json
+
+    store = LocalRunStore(tmp_path / "runs")
+    rec = store.create_run("reused", _cmd(tmp_path))
+    record_path = store.run_dir(rec["run_id"]) / "record.json"
+    record = _json.loads(record_path.read_text())
+    record.update(supervisor_pid=os.getpid(), supervisor_create_time=1.0)  # a live pid, another start time
+    record_path.write_text(_json.dumps(record))
+    assert store.get(rec["run_id"])["state"] == "FAILED"

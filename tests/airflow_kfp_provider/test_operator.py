@@ -6,6 +6,7 @@
 The run's behaviour follows its ``msg`` parameter on both backends: "ok" succeeds, "fail" fails,
 "slow" keeps running.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -16,11 +17,12 @@ from unittest import mock
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
+from kfp_test_fixtures import free_port, local_conn, set_conn, wait_for
 
-from airflow_kfp_provider.hooks.kfp import KfpHook, KfpTransientError
+from airflow_kfp_provider.exceptions import KfpTransientError
+from airflow_kfp_provider.hooks.kfp import KfpHook
 from airflow_kfp_provider.operators.kfp import KfpRunPipelineOperator, build_run_name
 from airflow_kfp_provider.triggers.kfp import KfpRunTrigger
-from kfp_test_fixtures import free_port, local_conn, set_conn, wait_for
 
 RUN_ID = "manual__2025-06-01T12:00:00.123456+00:00"
 
@@ -35,6 +37,8 @@ def make_context(run_id: str = RUN_ID) -> dict:
 
 def make_op(pipeline, msg="ok", **kwargs) -> KfpRunPipelineOperator:
     kwargs.setdefault("poll_interval", 0.1)
+    kwargs.setdefault("deferrable", True)
+    kwargs.setdefault("run_name_param", "run_tag")
     return KfpRunPipelineOperator(
         task_id="submit_retrain",
         pipeline_package=str(pipeline),
@@ -103,8 +107,18 @@ def test_parameters_reach_the_pipeline_in_declared_types(backend, tiny_pipeline)
         assert run["runtime_config"]["parameters"] == expected
     else:
         assert run["params"] == expected
-        assert run["command"][-10:] == ["--param", "msg=ok", "--param", "n=4", "--param", "x=0.75",
-                                        "--param", "flag=false", "--param", f"run_tag={name}"]
+        assert run["command"][-10:] == [
+            "--param",
+            "msg=ok",
+            "--param",
+            "n=4",
+            "--param",
+            "x=0.75",
+            "--param",
+            "flag=false",
+            "--param",
+            f"run_tag={name}",
+        ]
 
 
 def test_trigger_event_completes_the_task(backend, tiny_pipeline):
@@ -196,11 +210,14 @@ def test_wait_for_completion_false_returns_after_submit(backend, tiny_pipeline):
 
 
 # -- bad input: a failure that says which and how to fix; nothing submitted ----------------------
-@pytest.mark.parametrize("change,needle", [
-    ({"pipeline_package": "/nonexistent/retrain_pipeline.yaml"}, "make compile"),
-    ({"pipeline_params": {"msg": "ok", "min_acuracy": 0.9}}, "has no parameter(s) min_acuracy"),
-    ({"pipeline_params": {"n": "many"}}, "'n' must be an integer"),
-])
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"pipeline_package": "/nonexistent/retrain_pipeline.yaml"}, "compiled pipeline not found"),
+        ({"pipeline_params": {"msg": "ok", "min_acuracy": 0.9}}, "has no parameter(s) min_acuracy"),
+        ({"pipeline_params": {"n": "many"}}, "'n' must be an integer"),
+    ],
+)
 def test_bad_pipeline_input_submits_nothing(backend, tiny_pipeline, change, needle):
     op = make_op(tiny_pipeline)
     for key, value in change.items():
@@ -221,8 +238,11 @@ def test_unknown_backend_submits_nothing(monkeypatch, tmp_path, tiny_pipeline):
 
 
 def test_unreachable_kfp_host_submits_nothing(monkeypatch, tiny_pipeline):
-    set_conn(monkeypatch, "kfp_default", {"conn_type": "kfp", "host": f"http://127.0.0.1:{free_port()}",
-                                          "extra": {"backend": "kfp"}})
+    set_conn(
+        monkeypatch,
+        "kfp_default",
+        {"conn_type": "kfp", "host": f"http://127.0.0.1:{free_port()}", "extra": {"backend": "kfp"}},
+    )
     with pytest.raises(KfpTransientError, match="unreachable.*Check the host of connection 'kfp_default'"):
         make_op(tiny_pipeline).execute(make_context())
 
@@ -272,3 +292,37 @@ def test_operator_is_cheap_to_build_and_json_renders(tiny_pipeline):
         op = make_op(tiny_pipeline)
     assert op.template_fields == ("pipeline_package", "pipeline_params", "run_name", "kfp_conn_id")
     json.dumps(op.pipeline_params)
+
+
+def test_deferrable_default_comes_from_airflow_configuration(monkeypatch, tiny_pipeline):
+    import importlib
+
+    import airflow_kfp_provider.operators.kfp as module
+
+    try:
+        for value, expected in (("True", True), ("False", False)):
+            monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", value)
+            fresh = importlib.reload(module)  # the default is read when the class is defined, like Airflow's own
+            assert fresh.KfpRunPipelineOperator(task_id="t", pipeline_package=str(tiny_pipeline)).deferrable is expected
+    finally:
+        monkeypatch.delenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE")
+        importlib.reload(module)
+
+
+def test_run_url_is_kept_for_the_extra_link(backend, tiny_pipeline):
+    from airflow_kfp_provider.links.kfp import XCOM_RUN_URL, KfpRunLink
+
+    context = make_context()
+    op = make_op(tiny_pipeline)
+    deferred = defer(op, context)
+    assert any(isinstance(link, KfpRunLink) for link in op.operator_extra_links)
+    url = KfpHook().get_run(deferred.trigger.run_id).url
+    assert url and (
+        url.endswith(f"/#/runs/details/{deferred.trigger.run_id}")
+        if backend.name == "kfp"
+        else url.startswith("file://")
+    )
+    context["ti"].xcom_push.assert_any_call(key=XCOM_RUN_URL, value=url)
+    with mock.patch("airflow.sdk.execution_time.xcom.XCom.get_value", return_value=url) as get_value:
+        assert KfpRunLink().get_link(op, ti_key=mock.sentinel.ti_key) == url
+    get_value.assert_called_once_with(ti_key=mock.sentinel.ti_key, key=XCOM_RUN_URL)

@@ -1,4 +1,5 @@
 """Every KFP v2beta1 runtime state (and what other versions call them) maps to one meaning."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """KfpRunTrigger in the providers' style: serialize round trip, one event per final state, transient
 errors tolerated up to a limit, persistent ones reported, timeout, on_kill."""
+
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +10,8 @@ from unittest import mock
 
 import pytest
 
-from airflow_kfp_provider.hooks.kfp import KfpRunNotFound, KfpTransientError, PipelineRun
+from airflow_kfp_provider.exceptions import KfpRunNotFound, KfpTransientError
+from airflow_kfp_provider.hooks.base import PipelineRun
 from airflow_kfp_provider.triggers.kfp import KfpRunTrigger
 
 CLASSPATH = "airflow_kfp_provider.triggers.kfp.KfpRunTrigger"
@@ -37,12 +39,26 @@ def _hook(*results):
 
 
 def test_serialize_round_trip():
-    trigger = KfpRunTrigger(run_id="run-1", kfp_conn_id="kfp_x", run_name="name-1", poll_interval=2,
-                            end_time=1234.5, max_transient_errors=3, cancel_on_kill=False)
+    trigger = KfpRunTrigger(
+        run_id="run-1",
+        kfp_conn_id="kfp_x",
+        run_name="name-1",
+        poll_interval=2,
+        end_time=1234.5,
+        max_transient_errors=3,
+        cancel_on_kill=False,
+    )
     classpath, kwargs = trigger.serialize()
     assert classpath == CLASSPATH
-    assert kwargs == {"run_id": "run-1", "kfp_conn_id": "kfp_x", "run_name": "name-1", "poll_interval": 2.0,
-                      "end_time": 1234.5, "max_transient_errors": 3, "cancel_on_kill": False}
+    assert kwargs == {
+        "run_id": "run-1",
+        "kfp_conn_id": "kfp_x",
+        "run_name": "name-1",
+        "poll_interval": 2.0,
+        "end_time": 1234.5,
+        "max_transient_errors": 3,
+        "cancel_on_kill": False,
+    }
     assert json.loads(json.dumps(kwargs)) == kwargs  # plain values only
     # the way the triggerer (and dag.test) rebuilds it: serde-encode, decode, import, instantiate
     from airflow.sdk._shared.module_loading import import_string
@@ -74,8 +90,14 @@ def test_skipped_counts_as_success():
 
 
 def test_transient_errors_are_tolerated():
-    hook = _hook(KfpTransientError("503"), KfpTransientError("refused"), _run("RUNNING"),
-                 KfpTransientError("503"), KfpTransientError("503"), _run("SUCCEEDED"))
+    hook = _hook(
+        KfpTransientError("503"),
+        KfpTransientError("refused"),
+        _run("RUNNING"),
+        KfpTransientError("503"),
+        KfpTransientError("503"),
+        _run("SUCCEEDED"),
+    )
     events = _events(KfpRunTrigger(run_id="run-1", poll_interval=0, max_transient_errors=2), hook)
     assert [e.payload["status"] for e in events] == ["success"]
     assert hook.get_run.call_count == 6

@@ -1,4 +1,5 @@
 """A tiny KFP pipeline for the tests (no ``from __future__ import annotations``: kfp reads real types)."""
+
 from kfp import compiler, dsl
 
 

@@ -24,25 +24,34 @@ read; the tests then trigger runs and reset the drift window on that stack).
 Run: ``.venv/bin/python -m pytest tests/browser -m browser -x -q -s``. The forced run takes 60-120 s
 on a 2-core machine (a failed pipeline attempt is retried by Airflow after 2 min, hence the timeouts).
 """
+
 from __future__ import annotations
 
 import json
 import os
 import re
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
+
+from driftloop.contract import DAG_ID
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 SHOTS = REPO / "build" / "test-output" / "browser"
-DAG_ID = "drift_retrain"
 #: A forced run: ~60-120 s; a failed pipeline attempt is retried after retry_delay (2 min), and the
 #: run may queue behind a scheduled run (max_active_runs=1).
 RUN_TIMEOUT = 900
@@ -52,9 +61,11 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.stack,
     pytest.mark.timeout(RUN_TIMEOUT + 900),  # the stack fixture's start (~2.5 min) counts for the first test
-    pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                       reason=f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium; "
-                              "CI does it in .ci/run). No browser is downloaded by these tests."),
+    pytest.mark.skipif(
+        not os.path.exists(CHROMIUM),
+        reason=f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium; "
+        "CI does it in .ci/run). No browser is downloaded by these tests.",
+    ),
 ]
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed in this venv")
@@ -77,24 +88,18 @@ def stack(request) -> dict:
     return endpoints
 
 
-def _http(method: str, url: str, *, token: str | None = None, body: dict | None = None, timeout: float = 30):
+def _http(
+    method: str, url: str, *, token: str | None = None, body: dict | None = None, timeout: float = 30
+) -> tuple[int, Any]:
     """(status, parsed JSON or text) of one request; HTTP errors are returned, not raised."""
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Accept", "application/json")
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
+    headers = {"Accept": "application/json"}
     if token:
-        req.add_header("Authorization", f"Bearer {token}")
+        headers["Authorization"] = f"Bearer {token}"
+    resp = requests.request(method, url, json=body, headers=headers, timeout=timeout)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        status, raw = err.code, err.read()
-    try:
-        return status, json.loads(raw)
+        return resp.status_code, resp.json()
     except ValueError:
-        return status, raw.decode(errors="replace")
+        return resp.status_code, resp.text
 
 
 class AirflowApi:
@@ -130,8 +135,7 @@ class AirflowApi:
         assert status == 200, f"GET log of {task_id} try {try_number}: {status} {body}"
         content = body.get("content") if isinstance(body, dict) else body
         if isinstance(content, list):
-            return "\n".join(str(line.get("event", line)) if isinstance(line, dict) else str(line)
-                             for line in content)
+            return "\n".join(str(line.get("event", line)) if isinstance(line, dict) else str(line) for line in content)
         return str(content)
 
 
@@ -232,7 +236,7 @@ def open_trigger_form(page, shots: Shots):
     force = form.get_by_role("checkbox", name="force")
     expect(force).to_be_attached()
     # The optional params are not required in the form (their type includes "null")...
-    for name in ("data_uri", "feedback_url", "mlflow_uri", "serving_url"):
+    for name in ("data_uri", "feedback_url", "mlflow_tracking_uri", "serving_url"):
         field = form.locator(f"input[name='element_{name}']")
         expect(field).to_be_visible()
         assert field.get_attribute("required") is None, f"{name} is required in the trigger form"
@@ -245,7 +249,10 @@ def open_trigger_form(page, shots: Shots):
 
 def press_trigger(page, submit) -> tuple[str, dict]:
     """Press the form's Trigger button; returns the new run's id and the conf the UI sent."""
-    is_trigger = (lambda r: r.request.method == "POST" and r.url.rstrip("/").endswith(f"/dags/{DAG_ID}/dagRuns"))
+
+    def is_trigger(response) -> bool:
+        return response.request.method == "POST" and response.url.rstrip("/").endswith(f"/dags/{DAG_ID}/dagRuns")
+
     with page.expect_response(is_trigger, timeout=UI_TIMEOUT_MS) as info:
         submit.click()
     response = info.value
@@ -334,8 +341,13 @@ def test_forced_run_from_the_ui_form_serves_a_new_champion(ui, stack, api):
     assert state == "success", f"forced run {run_id} ended '{state}' in the UI"
     print(f"  forced run succeeded in {time.monotonic() - t0:.0f}s", flush=True)
     ui_states = task_states_in_ui(page, TASKS)
-    assert ui_states == {"check_params": "success", "check_drift": "skipped", "force_retrain": "success",
-                         "submit_retrain": "success", "confirm_champion": "success"}, ui_states
+    assert ui_states == {
+        "check_params": "success",
+        "check_drift": "skipped",
+        "force_retrain": "success",
+        "submit_retrain": "success",
+        "confirm_champion": "success",
+    }, ui_states
     assert run_state_in_runs_tab(page, stack, run_id, shots, "runs-tab") == "success"
 
     # The REST API agrees, and the run came from the UI with force=true.
@@ -379,8 +391,13 @@ def test_default_run_from_the_ui_form_checks_drift_and_submits_nothing(ui, stack
     shots.take("run-final")
     assert state == "success", f"run {run_id} ended '{state}' in the UI"
     ui_states = task_states_in_ui(page, TASKS)
-    assert ui_states == {"check_params": "success", "check_drift": "skipped", "force_retrain": "skipped",
-                         "submit_retrain": "skipped", "confirm_champion": "skipped"}, ui_states
+    assert ui_states == {
+        "check_params": "success",
+        "check_drift": "skipped",
+        "force_retrain": "skipped",
+        "submit_retrain": "skipped",
+        "confirm_champion": "skipped",
+    }, ui_states
 
     # check_drift *ran* (the sensor skipped itself; it was not skipped by the branch): its log says why.
     row = page.get_by_role("row").filter(has=page.get_by_role("link", name="check_drift", exact=True))
@@ -428,8 +445,9 @@ def test_the_enabled_button_check_catches_the_old_param_declaration(ui):
     page.get_by_role("button", name="Trigger Dag").click()
     form = page.get_by_role("dialog")
     expect(form.get_by_text("Run Parameters")).to_be_visible()
-    assert {"data_uri", "feedback_url", "mlflow_uri", "serving_url"} <= set(rewritten), (
-        f"the UI's DAG details request was not seen or had no optional params (rewrote {rewritten})")
+    assert {"data_uri", "feedback_url", "mlflow_tracking_uri", "serving_url"} <= set(rewritten), (
+        f"the UI's DAG details request was not seen or had no optional params (rewrote {rewritten})"
+    )
     expect(form.locator("input[name='element_data_uri']")).to_have_attribute("required", "")
     expect(form.get_by_role("button", name="Trigger", exact=True)).to_be_disabled()
     shots.take("old-declaration-trigger-disabled")

@@ -1,4 +1,5 @@
 """tests/dags share the Airflow test environment of tests/airflow_kfp_provider (AIRFLOW_HOME, DB)."""
+
 from __future__ import annotations
 
 import importlib.util

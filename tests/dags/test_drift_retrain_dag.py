@@ -6,6 +6,7 @@ FakeServing) and the local backend with a stand-in runner that honours run_local
 end-to-end run against a real MLflow server, the real serving app and the real runner is in
 test_drift_retrain_e2e.py.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,7 +18,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from kfp_test_fixtures import REPO, local_conn, set_conn
 
 DAGS = REPO / "dags"
@@ -60,8 +60,9 @@ PARSE_CHECK = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def parse_report():
     """Parse the whole dags/ folder in a fresh interpreter, the way the dag-processor does."""
-    proc = subprocess.run([sys.executable, "-c", PARSE_CHECK, str(DAGS)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ})
+    proc = subprocess.run(
+        [sys.executable, "-c", PARSE_CHECK, str(DAGS)], capture_output=True, text=True, timeout=300, env={**os.environ}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -117,13 +118,13 @@ def test_params_are_typed_and_match_the_compiled_pipeline(dag):
     json_types = {"STRING": "string", "NUMBER_INTEGER": "integer", "NUMBER_DOUBLE": "number"}
     # Params whose empty value means "the default": optional in the UI's trigger form (type includes
     # "null", default None); every other param is required there and has the pipeline's default.
-    optional = {"data_uri", "feedback_url", "mlflow_uri", "serving_url"}
+    optional = {"data_uri", "feedback_url", "mlflow_tracking_uri", "serving_url"}
     for name, param in dag_params.items():
         if name in optional:
             assert declared[name]["type"] == "STRING", name
             assert param.schema["type"] == ["null", "string"], name
             assert param.value is None, name  # the pipeline's default is "": None and "" mean the same
-            if name not in ("mlflow_uri", "serving_url"):  # these two are resolved at run time
+            if name not in ("mlflow_tracking_uri", "serving_url"):  # these two are resolved at run time
                 assert declared[name]["default"] == "", name
             continue
         assert param.schema["type"] == json_types[declared[name]["type"]], name
@@ -154,14 +155,19 @@ def test_empty_optional_params_render_as_empty_strings_never_none(dag):
     macros = {"mlflow_tracking_uri": lambda: "http://mlflow.test", "serving_base_url": lambda: "http://serving.test"}
     for empty in (None, ""):
         params = {name: dag.params[name] for name in dag.params.keys()}
-        params.update(data_uri=empty, feedback_url=empty, mlflow_uri=empty, serving_url=empty)
-        rendered = {name: env.from_string(tpl).render(params=params, **macros)
-                    for name, tpl in submit.pipeline_params.items()}
+        params.update(data_uri=empty, feedback_url=empty, mlflow_tracking_uri=empty, serving_url=empty)
+        rendered = {
+            name: env.from_string(tpl).render(params=params, **macros) for name, tpl in submit.pipeline_params.items()
+        }
         assert rendered["data_uri"] == "" and rendered["feedback_url"] == "", empty
-        assert rendered["mlflow_uri"] == "http://mlflow.test" and rendered["serving_url"] == "http://serving.test"
+        assert (
+            rendered["mlflow_tracking_uri"] == "http://mlflow.test" and rendered["serving_url"] == "http://serving.test"
+        )
         assert "None" not in rendered.values()
     params.update(data_uri="/data/x.csv", feedback_url="http://s/feedback/export")
-    rendered = {name: env.from_string(tpl).render(params=params, **macros) for name, tpl in submit.pipeline_params.items()}
+    rendered = {
+        name: env.from_string(tpl).render(params=params, **macros) for name, tpl in submit.pipeline_params.items()
+    }
     assert rendered["data_uri"] == "/data/x.csv" and rendered["feedback_url"] == "http://s/feedback/export"
     assert rendered["min_accuracy"] == "0.9" and rendered["n_estimators"] == "100"
 
@@ -217,8 +223,13 @@ def test_no_drift_submits_nothing_and_skips_downstream(dag, stack):
     stack.set_drift(False)
     dr = dag.test()
     assert str(getattr(dr.state, "value", dr.state)) == "success"
-    assert _states(dr) == {"check_params": "success", "check_drift": "skipped", "force_retrain": "skipped",
-                           "submit_retrain": "skipped", "confirm_champion": "skipped"}
+    assert _states(dr) == {
+        "check_params": "success",
+        "check_drift": "skipped",
+        "force_retrain": "skipped",
+        "submit_retrain": "skipped",
+        "confirm_champion": "skipped",
+    }
     assert any(p.startswith("/drift/status") for p in stack.requests)
     assert _runs(stack.runs_dir) == []
 
@@ -227,15 +238,21 @@ def test_drift_submits_one_run_and_confirms_the_new_champion(dag, stack):
     stack.set_drift(True)
     stack.model_info["version"] = "7"  # what the deploy step would have made the app serve
     dr = dag.test()
-    assert _states(dr) == {"check_params": "success", "check_drift": "success", "force_retrain": "skipped",
-                           "submit_retrain": "success", "confirm_champion": "success"}
+    assert _states(dr) == {
+        "check_params": "success",
+        "check_drift": "success",
+        "force_retrain": "skipped",
+        "submit_retrain": "success",
+        "confirm_champion": "success",
+    }
     runs = _runs(stack.runs_dir)
     assert len(runs) == 1 and runs[0]["state"] == "SUCCEEDED"
     params = runs[0]["params"]
-    assert params["run_tag"] == runs[0]["display_name"] and params["run_tag"].startswith("drift-retrain-submit-retrain-")
+    assert params["run_tag"] == runs[0]["display_name"]
+    assert params["run_tag"].startswith("drift-retrain-submit-retrain-")
     assert params["min_accuracy"] == 0.9 and params["n_estimators"] == 100 and params["deploy_target"] == "local"
     assert params["serving_url"] == stack.url  # empty param -> the serving_default connection's URL
-    assert params["mlflow_uri"]  # empty param -> $MLFLOW_TRACKING_URI or the embedded default
+    assert params["mlflow_tracking_uri"]  # empty param -> $MLFLOW_TRACKING_URI or the embedded default
     confirm = dr.get_task_instance("confirm_champion")
     assert confirm.xcom_pull(task_ids="confirm_champion")["served_version"] == "7"
     assert confirm.xcom_pull(task_ids="submit_retrain", key="run_id") == runs[0]["run_id"]
@@ -246,8 +263,13 @@ def test_force_skips_the_check_and_a_rejected_candidate_is_a_success(dag, stack,
     monkeypatch.setenv("FAKE_RUNNER_MODE", "reject")
     dr = dag.test(run_conf={"force": True, "min_accuracy": 0.95})
     assert str(getattr(dr.state, "value", dr.state)) == "success"
-    assert _states(dr) == {"check_params": "success", "check_drift": "skipped", "force_retrain": "success",
-                           "submit_retrain": "success", "confirm_champion": "success"}
+    assert _states(dr) == {
+        "check_params": "success",
+        "check_drift": "skipped",
+        "force_retrain": "success",
+        "submit_retrain": "success",
+        "confirm_champion": "success",
+    }
     assert not any(p.startswith("/drift/status") for p in stack.requests)
     runs = _runs(stack.runs_dir)
     assert len(runs) == 1 and runs[0]["params"]["min_accuracy"] == 0.95
@@ -259,14 +281,22 @@ def test_null_optional_params_as_the_ui_form_sends_them(dag, stack):
     """The trigger form sends a cleared optional field as null: the run uses the defaults, not "None"."""
     stack.set_drift(False)
     stack.model_info["version"] = "7"  # what the stand-in runner registers
-    dr = dag.test(run_conf={"force": True, "data_uri": None, "feedback_url": None, "mlflow_uri": None,
-                            "serving_url": None})
+    dr = dag.test(
+        run_conf={
+            "force": True,
+            "data_uri": None,
+            "feedback_url": None,
+            "mlflow_tracking_uri": None,
+            "serving_url": None,
+        }
+    )
     assert str(getattr(dr.state, "value", dr.state)) == "success"
     runs = _runs(stack.runs_dir)
     assert len(runs) == 1
     params = runs[0]["params"]
     assert params["data_uri"] == "" and params["feedback_url"] == ""
-    assert params["serving_url"] == stack.url and params["mlflow_uri"] and params["mlflow_uri"] != "None"
+    assert params["serving_url"] == stack.url
+    assert params["mlflow_tracking_uri"] and params["mlflow_tracking_uri"] != "None"
 
 
 def test_a_non_boolean_force_is_refused_and_nothing_is_submitted(dag, stack):

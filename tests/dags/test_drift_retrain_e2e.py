@@ -10,6 +10,7 @@ process importing mlflow and sklearn), so this module runs only with DRIFT_RETRA
 
     DRIFT_RETRAIN_E2E=1 .venv/bin/python -m pytest tests/dags/test_drift_retrain_e2e.py -q
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,14 +25,17 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from kfp_test_fixtures import REPO, free_port, local_conn, set_conn
 
 pytestmark = [
-    pytest.mark.skipif(os.environ.get("DRIFT_RETRAIN_E2E") != "1",
-                       reason="several minutes on this machine: set DRIFT_RETRAIN_E2E=1 (make e2e covers the loop too)"),
-    pytest.mark.skipif(not (REPO / "serving" / "app.py").exists() or not (REPO / "kfp_components" / "run_local.py").exists(),
-                       reason="needs serving/app.py and kfp_components/run_local.py"),
+    pytest.mark.skipif(
+        os.environ.get("DRIFT_RETRAIN_E2E") != "1",
+        reason="several minutes on this machine: set DRIFT_RETRAIN_E2E=1 (make e2e covers the loop too)",
+    ),
+    pytest.mark.skipif(
+        not (REPO / "serving" / "app.py").exists() or not (REPO / "kfp_components" / "run_local.py").exists(),
+        reason="needs serving/app.py and kfp_components/run_local.py",
+    ),
 ]
 
 SHIFTED = [7.1, 5.5, 3.4, 2.2]  # the seed's e2e drift sample
@@ -42,9 +46,12 @@ def _http(method: str, url: str, body: dict | None = None, token: str | None = N
     import urllib.request
 
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json",
-                                          **({"Authorization": f"Bearer {token}"} if token else {})})
+    req = urllib.request.Request(
+        url,
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, json.loads(resp.read() or b"{}")
@@ -70,21 +77,49 @@ def e2e_stack(mlflow_server, tmp_path_factory):
     env = {"MLFLOW_TRACKING_URI": mlflow_server, "SERVING_ADMIN_TOKEN": token}
 
     boot = subprocess.run(
-        [sys.executable, "-m", "kfp_components.run_local", "--pipeline-root", str(root / "boot"),
-         "--param", f"mlflow_uri={mlflow_server}", "--param", f"model_name={model}",
-         "--param", "deploy_target=none", "--param", "run_tag=e2e-bootstrap"],
-        capture_output=True, text=True, timeout=900, env={**os.environ, **env}, cwd=root)
+        [
+            sys.executable,
+            "-m",
+            "kfp_components.run_local",
+            "--pipeline-root",
+            str(root / "boot"),
+            "--param",
+            f"mlflow_tracking_uri={mlflow_server}",
+            "--param",
+            f"model_name={model}",
+            "--param",
+            "deploy_target=none",
+            "--param",
+            "run_tag=e2e-bootstrap",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, **env},
+        cwd=root,
+    )
     assert boot.returncode == 0, boot.stdout[-3000:] + boot.stderr[-3000:]
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     serving = start_process(
-        [str(Path(sys.executable).with_name("gunicorn")), "-c", str(REPO / "serving" / "gunicorn.conf.py"),
-         "serving.app:create_app()"],
+        [
+            str(Path(sys.executable).with_name("gunicorn")),
+            "-c",
+            str(REPO / "serving" / "gunicorn.conf.py"),
+            "serving.app:create_app()",
+        ],
         root / "serving.log",
-        env={**env, "MODEL_NAME": model, "SERVING_STATE_DIR": str(root / "serving"), "GUNICORN_WORKERS": "2",
-             "GUNICORN_BIND": f"127.0.0.1:{port}", "DRIFT_WINDOW_SIZE": "100"},
-        cwd=REPO)
+        env={
+            **env,
+            "MODEL_NAME": model,
+            "SERVING_STATE_DIR": str(root / "serving"),
+            "GUNICORN_WORKERS": "2",
+            "GUNICORN_BIND": f"127.0.0.1:{port}",
+            "DRIFT_WINDOW_SIZE": "100",
+        },
+        cwd=REPO,
+    )
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -107,8 +142,11 @@ def e2e_env(e2e_stack, airflow_db, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", e2e_stack["mlflow"])
     monkeypatch.setenv("KFP_LOCAL_PIPELINE_ROOT", str(e2e_stack["root"] / "kfp-local"))
     set_conn(monkeypatch, "serving_default", e2e_stack["url"])
-    set_conn(monkeypatch, "kfp_default", local_conn(e2e_stack["root"] / "kfp-runs",
-                                                    runner=[sys.executable, "-m", "kfp_components.run_local"]))
+    set_conn(
+        monkeypatch,
+        "kfp_default",
+        local_conn(e2e_stack["root"] / "kfp-runs", runner=[sys.executable, "-m", "kfp_components.run_local"]),
+    )
     return e2e_stack
 
 
@@ -155,8 +193,13 @@ def test_no_drift_then_drift(e2e_env, e2e_dag):
     assert _http("GET", f"{url}/drift/status")[1]["drift_detected"] is True
     dr = e2e_dag.test(run_conf={"model_name": model})
     states = _states(dr)
-    assert states == {"check_params": "success", "check_drift": "success", "force_retrain": "skipped",
-                      "submit_retrain": "success", "confirm_champion": "success"}, states
+    assert states == {
+        "check_params": "success",
+        "check_drift": "success",
+        "force_retrain": "skipped",
+        "submit_retrain": "success",
+        "confirm_champion": "success",
+    }, states
     runs = _runs(e2e_env)
     assert len(runs) == 1 and runs[0]["state"] == "SUCCEEDED", runs
     result = dr.get_task_instance("confirm_champion").xcom_pull(task_ids="confirm_champion")

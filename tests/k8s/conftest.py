@@ -1,4 +1,5 @@
 """One render of the whole cluster deployment per session (python -m k8s does the same into build/k8s/)."""
+
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,5 @@
 """Helpers of the tests/k8s tests: broken copies of values files, re-renders, one wiring check."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """make k8s renders the four parts, every object validates for Kubernetes 1.33 and 1.35, and the charts'
 schemas reject wrong values with a message naming the key."""
+
 from __future__ import annotations
 
 import copy
@@ -33,6 +34,7 @@ def names(part, kind) -> set[str]:
 
 # --- what is rendered --------------------------------------------------------------------------------
 
+
 def test_four_files_are_written(parts, k8s_out):
     assert sorted(p.name for p in k8s_out.iterdir()) == ["airflow.yaml", "kfp.yaml", "mlflow.yaml", "serving.yaml"]
     for name, part in parts.items():
@@ -43,10 +45,25 @@ def test_four_files_are_written(parts, k8s_out):
 def test_airflow_objects(parts):
     airflow = parts["airflow"]
     assert len(airflow.docs) == 23
-    assert kinds(airflow) == Counter({"ServiceAccount": 7, "Service": 3, "Deployment": 4, "ConfigMap": 2,
-                                      "Role": 2, "RoleBinding": 2, "StatefulSet": 1, "Job": 1, "Secret": 1})
-    assert names(airflow, "Deployment") == {"airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
-                                            "airflow-statsd"}
+    assert kinds(airflow) == Counter(
+        {
+            "ServiceAccount": 7,
+            "Service": 3,
+            "Deployment": 4,
+            "ConfigMap": 2,
+            "Role": 2,
+            "RoleBinding": 2,
+            "StatefulSet": 1,
+            "Job": 1,
+            "Secret": 1,
+        }
+    )
+    assert names(airflow, "Deployment") == {
+        "airflow-api-server",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-statsd",
+    }
     assert names(airflow, "StatefulSet") == {"airflow-triggerer"}
     # external metadata DB and keys from existing Secrets: no bundled PostgreSQL, no generated keys,
     # no create-user job (it would carry a literal password)
@@ -63,16 +80,21 @@ def test_airflow_uses_existing_secrets(parts):
     airflow = parts["airflow"]
     scheduler = airflow.get("Deployment", "airflow-scheduler")
     env = {e["name"]: e for e in scheduler["spec"]["template"]["spec"]["containers"][0]["env"]}
-    for var, key in (("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "connection"), ("AIRFLOW__CORE__FERNET_KEY", "fernet-key"),
-                     ("AIRFLOW__API__SECRET_KEY", "api-secret-key"), ("AIRFLOW__API_AUTH__JWT_SECRET", "jwt-secret")):
+    for var, key in (
+        ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "connection"),
+        ("AIRFLOW__CORE__FERNET_KEY", "fernet-key"),
+        ("AIRFLOW__API__SECRET_KEY", "api-secret-key"),
+        ("AIRFLOW__API_AUTH__JWT_SECRET", "jwt-secret"),
+    ):
         assert env[var]["valueFrom"]["secretKeyRef"] == {"name": "driftloop-airflow", "key": key}
     assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "driftloop-airflow-mlflow"
 
 
 def test_mlflow_objects(parts):
     mlflow = parts["mlflow"]
-    assert kinds(mlflow) == Counter({"ServiceAccount": 1, "Secret": 2, "ConfigMap": 3, "PersistentVolumeClaim": 1,
-                                     "Service": 1, "Deployment": 1})
+    assert kinds(mlflow) == Counter(
+        {"ServiceAccount": 1, "Secret": 2, "ConfigMap": 3, "PersistentVolumeClaim": 1, "Service": 1, "Deployment": 1}
+    )
     svc = mlflow.get("Service", "mlflow")
     assert [p["port"] for p in svc["spec"]["ports"]] == [5000]
     dep = mlflow.get("Deployment", "mlflow")
@@ -106,6 +128,7 @@ def test_serving_objects(parts):
 
 # --- validation --------------------------------------------------------------------------------------
 
+
 def test_every_object_validates_strictly(parts):
     errors, warnings, count = validate_parts(parts)
     assert errors == []
@@ -132,8 +155,11 @@ def test_wrong_type_in_embedded_pod_template_fails(fresh):
 
 
 def test_custom_resources_only_warn(parts, tmp_path):
-    values = write_values(tmp_path / "serving.yaml", VALUES / "serving.yaml",
-                          lambda v: v.setdefault("serviceMonitor", {}).update(enabled=True))
+    values = write_values(
+        tmp_path / "serving.yaml",
+        VALUES / "serving.yaml",
+        lambda v: v.setdefault("serviceMonitor", {}).update(enabled=True),
+    )
     serving = render_part("serving", Sources(overrides={"serving": values}), write=False)
     assert "ServiceMonitor" in kinds(serving)
     errors, warnings, _ = validate_parts({"serving": serving})
@@ -143,11 +169,15 @@ def test_custom_resources_only_warn(parts, tmp_path):
 
 # --- schemas: wrong values fail with the key named ----------------------------------------------------
 
-@pytest.mark.parametrize("edit, expected", [
-    (lambda v: v["scheduler"].update(replicas="two"), ["/scheduler/replicas", "want integer"]),
-    (lambda v: v["scheduler"].update(replicaz=2), ["/scheduler", "'replicaz' not allowed"]),
-    (lambda v: v.update(workerz={}), ["unknown top-level key", "'workerz'"]),
-])
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda v: v["scheduler"].update(replicas="two"), ["/scheduler/replicas", "want integer"]),
+        (lambda v: v["scheduler"].update(replicaz=2), ["/scheduler", "'replicaz' not allowed"]),
+        (lambda v: v.update(workerz={}), ["unknown top-level key", "'workerz'"]),
+    ],
+)
 def test_airflow_values_schema(tmp_path, edit, expected):
     values = write_values(tmp_path / "airflow.yaml", VALUES / "airflow.yaml", edit)
     with pytest.raises(RenderError) as err:
@@ -157,11 +187,14 @@ def test_airflow_values_schema(tmp_path, edit, expected):
         assert text in str(err.value)
 
 
-@pytest.mark.parametrize("edit, expected", [
-    (lambda v: v.update(replicaCount="two"), ["replicaCount", "want integer"]),
-    (lambda v: v["service"].update(prot=8000), ["/service", "'prot' not allowed"]),
-    (lambda v: v.update(replicas=3), ["replicas"]),
-])
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda v: v.update(replicaCount="two"), ["replicaCount", "want integer"]),
+        (lambda v: v["service"].update(prot=8000), ["/service", "'prot' not allowed"]),
+        (lambda v: v.update(replicas=3), ["replicas"]),
+    ],
+)
 def test_serving_values_schema(tmp_path, edit, expected):
     values = write_values(tmp_path / "serving.yaml", VALUES / "serving.yaml", edit)
     with pytest.raises(RenderError) as err:
@@ -171,8 +204,7 @@ def test_serving_values_schema(tmp_path, edit, expected):
 
 
 def test_mlflow_values_schema(tmp_path):
-    values = write_values(tmp_path / "mlflow.yaml", VALUES / "mlflow.yaml",
-                          lambda v: v["service"].update(port="5000"))
+    values = write_values(tmp_path / "mlflow.yaml", VALUES / "mlflow.yaml", lambda v: v["service"].update(port="5000"))
     with pytest.raises(RenderError, match=r"/service/port.*want integer"):
         render_part("mlflow", Sources(overrides={"mlflow": values}), write=False)
 
@@ -184,13 +216,19 @@ def test_missing_serving_chart_is_a_clear_error(tmp_path):
 
 # --- the KFP overlay and the upstream tree ------------------------------------------------------------
 
+
 def test_overlay_references_the_extracted_tree_only():
     kust = yaml.safe_load((REPO / "k8s" / "kfp" / "kustomization.yaml").read_text())
     upstream = [r for r in kust["resources"] if r.startswith("../")]
     assert upstream == ["../../build/kfp-2.17.0/kfp/manifests/kustomize/env/platform-agnostic"]
     assert (REPO / "k8s" / "kfp" / upstream[0]).resolve().is_relative_to(paths.BUILD)
-    tracked = subprocess.run(["git", "ls-files", "--others", "--cached", "--exclude-standard", "k8s"],
-                             cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "--others", "--cached", "--exclude-standard", "k8s"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert not [f for f in tracked if "manifests/kustomize" in f or f.endswith(".tgz")]
 
 
@@ -222,4 +260,3 @@ def test_python_m_k8s_fails_with_the_problem(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "Sources", lambda: broken)
     assert cli.main([]) == 1
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["airflow.yaml", "kfp.yaml", "mlflow.yaml"]
-

@@ -1,4 +1,5 @@
 """k8s/tools.py: helm and kubectl from the wheel pinned by hash in k8s/tools.lock."""
+
 from __future__ import annotations
 
 import json
@@ -36,11 +37,17 @@ def test_cached_wheel_matches_the_lock(binaries):
 def test_binaries_report_the_pinned_versions(binaries):
     assert tools.helm_path() == binaries["helm"] == tools.BIN / "helm"
     assert tools.kubectl_path() == binaries["kubectl"] == tools.BIN / "kubectl"
-    helm = subprocess.run([str(binaries["helm"]), "version", "--template", "{{.Version}}"],
-                          capture_output=True, text=True, env=tools.helm_env(), check=True)
+    helm = subprocess.run(
+        [str(binaries["helm"]), "version", "--template", "{{.Version}}"],
+        capture_output=True,
+        text=True,
+        env=tools.helm_env(),
+        check=True,
+    )
     assert helm.stdout.strip() == "v4.1.4"
-    kubectl = subprocess.run([str(binaries["kubectl"]), "version", "--client", "-o", "json"],
-                             capture_output=True, text=True, check=True)
+    kubectl = subprocess.run(
+        [str(binaries["kubectl"]), "version", "--client", "-o", "json"], capture_output=True, text=True, check=True
+    )
     client = json.loads(kubectl.stdout)
     assert client["clientVersion"]["gitVersion"] == "v1.35.2"
     assert client["kustomizeVersion"] == "v5.7.1"

@@ -1,4 +1,5 @@
 """Each wiring check passes on the real render and fails, naming what is wrong, on a broken copy."""
+
 from __future__ import annotations
 
 import base64
@@ -36,6 +37,7 @@ def problems_of(parts, name, values_files=None) -> str:
 
 # --- the real render ----------------------------------------------------------------------------------
 
+
 def test_all_checks_pass_on_the_real_render(parts):
     results = run_checks(parts)
     assert [r.name for r in results] == list(CHECKS)
@@ -46,9 +48,14 @@ def test_all_checks_pass_on_the_real_render(parts):
 
 def test_urls_verified(parts):
     verified = "\n".join(check(parts, "urls").verified)
-    assert "AIRFLOW_CONN_KFP_DEFAULT=http://ml-pipeline.kubeflow.svc.cluster.local:8888 -> Service kubeflow/ml-pipeline:8888" in verified
-    assert "AIRFLOW_CONN_SERVING_DEFAULT=http://ml-api.mlops.svc.cluster.local:8000 -> Service mlops/ml-api:8000" in verified
-    for var in ("MLFLOW_TRACKING_URI", "DRIFT_RETRAIN_MLFLOW_URI"):
+    assert (
+        "AIRFLOW_CONN_KFP_DEFAULT=http://ml-pipeline.kubeflow.svc.cluster.local:8888 -> "
+        "Service kubeflow/ml-pipeline:8888"
+    ) in verified
+    assert (
+        "AIRFLOW_CONN_SERVING_DEFAULT=http://ml-api.mlops.svc.cluster.local:8000 -> Service mlops/ml-api:8000"
+    ) in verified
+    for var in ("MLFLOW_TRACKING_URI", "DRIFT_RETRAIN_MLFLOW_TRACKING_URI"):
         assert f"airflow {var}=http://mlflow.mlops.svc.cluster.local:5000 -> Service mlops/mlflow:5000" in verified
     assert "serving Deployment mlops/ml-api MLFLOW_TRACKING_URI" in verified
     assert "MLflow allows Host mlflow.mlops.svc.cluster.local:5000" in verified
@@ -61,9 +68,17 @@ def test_exemptions_and_allowed_secrets_are_explained():
 
 # --- urls --------------------------------------------------------------------------------------------
 
+
 def test_wrong_serving_service_name(parts, tmp_path):
-    broken = broken_airflow(parts, tmp_path, lambda v: set_env(
-        v, "AIRFLOW_CONN_SERVING_DEFAULT", '{"conn_type": "http", "host": "http://ml-apii.mlops.svc.cluster.local:8000"}'))
+    broken = broken_airflow(
+        parts,
+        tmp_path,
+        lambda v: set_env(
+            v,
+            "AIRFLOW_CONN_SERVING_DEFAULT",
+            '{"conn_type": "http", "host": "http://ml-apii.mlops.svc.cluster.local:8000"}',
+        ),
+    )
     msg = problems_of(broken, "urls")
     assert "AIRFLOW_CONN_SERVING_DEFAULT" in msg and "no Service 'ml-apii' in namespace 'mlops'" in msg
     assert "ml-api" in msg  # the Services that are there
@@ -73,17 +88,19 @@ def test_wrong_kfp_port_and_local_backend(parts, tmp_path):
     conn = {"conn_type": "kfp", "host": "http://ml-pipeline.kubeflow:8080", "extra": {"backend": "local"}}
     broken = broken_airflow(parts, tmp_path, lambda v: set_env(v, "AIRFLOW_CONN_KFP_DEFAULT", json.dumps(conn)))
     msg = problems_of(broken, "urls")
-    assert "AIRFLOW_CONN_KFP_DEFAULT" in msg and "Service kubeflow/ml-pipeline has no port 8080 (ports: 8888, 8887)" in msg
+    assert "AIRFLOW_CONN_KFP_DEFAULT" in msg
+    assert "Service kubeflow/ml-pipeline has no port 8080 (ports: 8888, 8887)" in msg
     assert "extra.backend='local'" in msg
 
 
 def test_mlflow_url_of_the_wrong_part_and_not_namespaced(parts, tmp_path):
     def edit(v):
         set_env(v, "MLFLOW_TRACKING_URI", "http://ml-api.mlops.svc.cluster.local:8000")
-        set_env(v, "DRIFT_RETRAIN_MLFLOW_URI", "http://mlflow:5000")
+        set_env(v, "DRIFT_RETRAIN_MLFLOW_TRACKING_URI", "http://mlflow:5000")
+
     msg = problems_of(broken_airflow(parts, tmp_path, edit), "urls")
     assert "MLFLOW_TRACKING_URI" in msg and "is in serving.yaml, expected a Service of mlflow.yaml" in msg
-    assert "DRIFT_RETRAIN_MLFLOW_URI" in msg and "host 'mlflow'" in msg and "name.namespace" in msg
+    assert "DRIFT_RETRAIN_MLFLOW_TRACKING_URI" in msg and "host 'mlflow'" in msg and "name.namespace" in msg
 
 
 def test_variable_missing_in_a_dag_container(fresh):
@@ -91,7 +108,9 @@ def test_variable_missing_in_a_dag_container(fresh):
     container = next(c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "dag-processor")
     container["env"] = [e for e in container["env"] if e["name"] != "DRIFT_RETRAIN_SERVING_URL"]
     msg = problems_of(fresh, "urls")
-    assert "DRIFT_RETRAIN_SERVING_URL is not set in container dag-processor of Deployment airflow/airflow-dag-processor" in msg
+    assert (
+        "DRIFT_RETRAIN_SERVING_URL is not set in container dag-processor of Deployment airflow/airflow-dag-processor"
+    ) in msg
 
 
 def test_mlflow_rejects_the_host_header(parts, tmp_path):
@@ -102,8 +121,11 @@ def test_mlflow_rejects_the_host_header(parts, tmp_path):
 
 
 def test_serving_mlflow_url_broken(parts, tmp_path):
-    values = write_values(tmp_path / "serving.yaml", VALUES / "serving.yaml",
-                          lambda v: v["config"].update(MLFLOW_TRACKING_URI="http://mlflow.mlops.svc.cluster.local"))
+    values = write_values(
+        tmp_path / "serving.yaml",
+        VALUES / "serving.yaml",
+        lambda v: v["config"].update(MLFLOW_TRACKING_URI="http://mlflow.mlops.svc.cluster.local"),
+    )
     msg = problems_of(rerender(parts, "serving", values), "urls")
     assert "serving Deployment mlops/ml-api MLFLOW_TRACKING_URI" in msg and "has no port 80" in msg
 
@@ -123,12 +145,16 @@ def test_service_target_port_missing(fresh):
 
 # --- deploy ------------------------------------------------------------------------------------------
 
+
 def test_deploy_names_a_missing_deployment(parts, tmp_path):
     def edit(v):
         set_env(v, "DRIFT_RETRAIN_K8S_DEPLOYMENT", "ml-api-v2")
         set_env(v, "DRIFT_RETRAIN_DEPLOY_TARGET", "local")
+
     msg = problems_of(broken_airflow(parts, tmp_path, edit), "deploy")
-    assert "DRIFT_RETRAIN_K8S_DEPLOYMENT=ml-api-v2: no such Deployment in serving.yaml (Deployments: mlops/ml-api)" in msg
+    assert (
+        "DRIFT_RETRAIN_K8S_DEPLOYMENT=ml-api-v2: no such Deployment in serving.yaml (Deployments: mlops/ml-api)"
+    ) in msg
     assert "DRIFT_RETRAIN_DEPLOY_TARGET='local'" in msg
 
 
@@ -145,6 +171,7 @@ def test_deploy_container_renamed(fresh):
 
 # --- images ------------------------------------------------------------------------------------------
 
+
 def test_stock_airflow_image_in_task_pods(parts, tmp_path):
     broken = broken_airflow(parts, tmp_path, lambda v: v["images"].pop("pod_template"))
     msg = problems_of(broken, "images")
@@ -153,6 +180,7 @@ def test_stock_airflow_image_in_task_pods(parts, tmp_path):
 
 
 # --- rbac --------------------------------------------------------------------------------------------
+
 
 def test_role_without_patch(fresh):
     role = fresh["kfp"].get("Role", "driftloop-serving-deployer", "mlops")
@@ -176,16 +204,21 @@ def test_binding_for_another_service_account(fresh):
 
 
 def test_pipeline_service_account_missing(fresh):
-    fresh["kfp"].docs = [d for d in fresh["kfp"].docs
-                         if not (d["kind"] == "ServiceAccount" and d["metadata"]["name"] == "pipeline-runner")]
+    fresh["kfp"].docs = [
+        d
+        for d in fresh["kfp"].docs
+        if not (d["kind"] == "ServiceAccount" and d["metadata"]["name"] == "pipeline-runner")
+    ]
     assert "ServiceAccount kubeflow/pipeline-runner" in problems_of(fresh, "rbac")
 
 
 # --- secrets -----------------------------------------------------------------------------------------
 
+
 def test_literal_password_in_values(parts, tmp_path):
-    bad = write_values(tmp_path / "mlflow.yaml", VALUES / "mlflow.yaml",
-                       lambda v: v["auth"].update(adminPassword="hunter2"))
+    bad = write_values(
+        tmp_path / "mlflow.yaml", VALUES / "mlflow.yaml", lambda v: v["auth"].update(adminPassword="hunter2")
+    )
     files = [f for f in default_values_files() if f.name != "mlflow.yaml"] + [bad]
     msg = problems_of(parts, "secrets", files)
     assert "mlflow.yaml: auth.adminPassword holds a literal value" in msg
@@ -194,8 +227,12 @@ def test_literal_password_in_values(parts, tmp_path):
 def test_token_in_env_and_url_in_connection(parts, tmp_path):
     def edit(v):
         v["env"].append({"name": "SERVING_ADMIN_TOKEN", "value": "s3cret"})
-        set_env(v, "AIRFLOW_CONN_KFP_DEFAULT",
-                json.dumps({"conn_type": "kfp", "host": "http://ml-pipeline.kubeflow:8888", "password": "tok"}))
+        set_env(
+            v,
+            "AIRFLOW_CONN_KFP_DEFAULT",
+            json.dumps({"conn_type": "kfp", "host": "http://ml-pipeline.kubeflow:8888", "password": "tok"}),
+        )
+
     bad = write_values(tmp_path / "airflow.yaml", VALUES / "airflow.yaml", edit)
     files = [f for f in default_values_files() if f.name != "airflow.yaml"] + [bad]
     msg = problems_of(parts, "secrets", files)
@@ -204,8 +241,14 @@ def test_token_in_env_and_url_in_connection(parts, tmp_path):
 
 
 def test_rendered_secret_with_data(fresh):
-    fresh["serving"].docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ml-api-secrets"},
-                                  "data": {"SERVING_ADMIN_TOKEN": base64.b64encode(b"x").decode()}})
+    fresh["serving"].docs.append(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "ml-api-secrets"},
+            "data": {"SERVING_ADMIN_TOKEN": base64.b64encode(b"x").decode()},
+        }
+    )
     msg = problems_of(fresh, "secrets")
     assert "serving: Secret mlops/ml-api-secrets is rendered with literal data (keys SERVING_ADMIN_TOKEN)" in msg
 
@@ -213,8 +256,11 @@ def test_rendered_secret_with_data(fresh):
 def test_allowed_upstream_secret_only_while_unused(fresh):
     dep = fresh["airflow"].get("Deployment", "airflow-scheduler")
     dep["spec"]["template"]["spec"]["containers"][0]["env"].append(
-        {"name": "AIRFLOW__CELERY__BROKER_URL",
-         "valueFrom": {"secretKeyRef": {"name": "airflow-broker-url", "key": "connection"}}})
+        {
+            "name": "AIRFLOW__CELERY__BROKER_URL",
+            "valueFrom": {"secretKeyRef": {"name": "airflow-broker-url", "key": "connection"}},
+        }
+    )
     assert "Secret airflow-broker-url is allowed only while nothing uses it" in problems_of(fresh, "secrets")
 
 
@@ -223,24 +269,32 @@ def test_literal_password_in_rendered_command_line(parts, tmp_path):
     assert "passes a literal password on its command line (-p ...)" in problems_of(broken, "secrets")
 
 
-@pytest.mark.parametrize("data, flagged", [
-    ({"auth": {"existingAdminSecret": {"name": "mlflow-admin", "passwordKey": "password"}}}, False),
-    ({"fernetKeySecretName": "x", "secret": [{"envName": "A_PASSWORD", "secretName": "s", "secretKey": "k"}]}, False),
-    ({"backendStore": {"postgres": {"password": ""}}}, False),
-    ({"fernetKey": "abc"}, True),
-    ({"config": {"SERVING_STORE_URL": "postgresql://u:p@db:5432/serving"}}, True),
-    ({"extraEnvVars": {"MLFLOW_TRACKING_PASSWORD": "x"}}, True),
-    ({"extraEnv": "- name: AWS_SECRET_ACCESS_KEY\n  value: abc\n"}, True),
-])
+@pytest.mark.parametrize(
+    "data, flagged",
+    [
+        ({"auth": {"existingAdminSecret": {"name": "mlflow-admin", "passwordKey": "password"}}}, False),
+        (
+            {"fernetKeySecretName": "x", "secret": [{"envName": "A_PASSWORD", "secretName": "s", "secretKey": "k"}]},
+            False,
+        ),
+        ({"backendStore": {"postgres": {"password": ""}}}, False),
+        ({"fernetKey": "abc"}, True),
+        ({"config": {"SERVING_STORE_URL": "postgresql://u:p@db:5432/serving"}}, True),
+        ({"extraEnvVars": {"MLFLOW_TRACKING_PASSWORD": "x"}}, True),
+        ({"extraEnv": "- name: AWS_SECRET_ACCESS_KEY\n  value: abc\n"}, True),
+    ],
+)
 def test_scan_values(data, flagged):
     assert bool(scan_values(data, "v.yaml")) is flagged
 
 
 # --- containers --------------------------------------------------------------------------------------
 
+
 def test_serving_container_without_readiness_probe(fresh):
     fresh["serving"].get("Deployment", "ml-api")["spec"]["template"]["spec"]["containers"][0].pop("readinessProbe")
-    assert "serving: Deployment mlops/ml-api container serving has no readinessProbe" in problems_of(fresh, "containers")
+    problems = problems_of(fresh, "containers")
+    assert "serving: Deployment mlops/ml-api container serving has no readinessProbe" in problems
 
 
 def test_container_running_as_root(fresh):
@@ -260,8 +314,10 @@ def test_mlflow_without_resources_and_non_root(parts, tmp_path):
         v.pop("resources")
         v["securityContext"].pop("runAsNonRoot")
         v["securityContext"]["runAsUser"] = 0
-    msg = problems_of(rerender(parts, "mlflow", write_values(tmp_path / "m.yaml", VALUES / "mlflow.yaml", edit)),
-                      "containers")
+
+    msg = problems_of(
+        rerender(parts, "mlflow", write_values(tmp_path / "m.yaml", VALUES / "mlflow.yaml", edit)), "containers"
+    )
     assert "mlflow: Deployment mlops/mlflow container mlflow has no resources" in msg
     assert "container mlflow may run as root" in msg
 
@@ -275,6 +331,6 @@ def test_connection_url_forms():
 def test_password_in_a_rendered_connection(fresh):
     dep = fresh["airflow"].get("Deployment", "airflow-scheduler")
     container = dep["spec"]["template"]["spec"]["containers"][0]
-    container["env"].append({"name": "AIRFLOW_CONN_KFP_DEFAULT",
-                             "value": '{"conn_type": "kfp", "host": "http://ml-pipeline.kubeflow:8888", "password": "t"}'})
+    conn = {"conn_type": "kfp", "host": "http://ml-pipeline.kubeflow:8888", "password": "t"}
+    container["env"].append({"name": "AIRFLOW_CONN_KFP_DEFAULT", "value": json.dumps(conn)})
     assert "env AIRFLOW_CONN_KFP_DEFAULT(json).password holds a literal value" in problems_of(fresh, "secrets")

@@ -14,6 +14,7 @@ server does) and starts a simulated rollout that later GETs advance, like the De
 
 Also a stand-in for the serving app's `POST /model/reload` + `GET /model/info`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -50,12 +51,19 @@ def container(name: str, release: str = "ml-api") -> dict:
 
 
 def condition(kind: str, status: str, reason: str, message: str, when: str = T0) -> dict:
-    return {"type": kind, "status": status, "lastUpdateTime": when, "lastTransitionTime": when,
-            "reason": reason, "message": message}
+    return {
+        "type": kind,
+        "status": status,
+        "lastUpdateTime": when,
+        "lastTransitionTime": when,
+        "reason": reason,
+        "message": message,
+    }
 
 
-def deployment_object(name: str = "ml-api", namespace: str = "mlops", containers=("serving",),
-                      replicas: int = 2) -> dict:
+def deployment_object(
+    name: str = "ml-api", namespace: str = "mlops", containers=("serving",), replicas: int = 2
+) -> dict:
     """A Deployment as `GET /apis/apps/v1/namespaces/mlops/deployments/ml-api` returns it after a
     settled rollout of the serving chart."""
     selector = {"app.kubernetes.io/name": "driftloop-serving", "app.kubernetes.io/instance": name}
@@ -70,8 +78,11 @@ def deployment_object(name: str = "ml-api", namespace: str = "mlops", containers
             "generation": 1,
             "creationTimestamp": T0,
             "labels": {**selector, "app.kubernetes.io/managed-by": "Helm", "helm.sh/chart": "driftloop-serving-0.1.0"},
-            "annotations": {"deployment.kubernetes.io/revision": "1", "meta.helm.sh/release-name": name,
-                            "meta.helm.sh/release-namespace": namespace},
+            "annotations": {
+                "deployment.kubernetes.io/revision": "1",
+                "meta.helm.sh/release-name": name,
+                "meta.helm.sh/release-namespace": namespace,
+            },
         },
         "spec": {
             "replicas": replicas,
@@ -101,8 +112,12 @@ def deployment_object(name: str = "ml-api", namespace: str = "mlops", containers
             "availableReplicas": replicas,
             "conditions": [
                 condition("Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability."),
-                condition("Progressing", "True", "NewReplicaSetAvailable",
-                          f'ReplicaSet "{name}-7d9c8b6f5d" has successfully progressed.'),
+                condition(
+                    "Progressing",
+                    "True",
+                    "NewReplicaSetAvailable",
+                    f'ReplicaSet "{name}-7d9c8b6f5d" has successfully progressed.',
+                ),
             ],
         },
     }
@@ -110,8 +125,16 @@ def deployment_object(name: str = "ml-api", namespace: str = "mlops", containers
 
 def status_object(code: int, reason: str, message: str, name: str) -> dict:
     """An API error body (`kind: Status`)."""
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "details": {"name": name, "group": "apps", "kind": "deployments"}, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": {"name": name, "group": "apps", "kind": "deployments"},
+        "code": code,
+    }
 
 
 def strategic_merge(target: dict, patch: dict) -> None:
@@ -129,10 +152,18 @@ class FakeKubeAPI:
     """The Deployment endpoints on a free local port; `requests` records (method, path, content type,
     body) of each call, `events` is shared with FakeServing to show the order of calls."""
 
-    def __init__(self, deployments: list[dict] | None = None, rollout: str = "rolls", forbid: set[str] = frozenset(),
-                 events: list | None = None, on_patch=None):
-        self.deployments = {(d["metadata"]["namespace"], d["metadata"]["name"]): d
-                            for d in (deployments if deployments is not None else [deployment_object()])}
+    def __init__(
+        self,
+        deployments: list[dict] | None = None,
+        rollout: str = "rolls",
+        forbid: set[str] = frozenset(),
+        events: list | None = None,
+        on_patch=None,
+    ):
+        self.deployments = {
+            (d["metadata"]["namespace"], d["metadata"]["name"]): d
+            for d in (deployments if deployments is not None else [deployment_object()])
+        }
         self.rollout, self.forbid, self.on_patch = rollout, set(forbid), on_patch
         self.requests: list[tuple] = []
         self.events = events if events is not None else []
@@ -157,13 +188,24 @@ class FakeKubeAPI:
 
     def kubeconfig(self, path: Path, token: str = SA_TOKEN) -> Path:
         """A kubeconfig for this server: a bearer-token user like a ServiceAccount's."""
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "preferences": {},
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "pipeline-runner", "user": {"token": token}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "pipeline-runner", "namespace": "kubeflow"}}],
-            "current-context": "fake",
-        }))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "preferences": {},
+                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                    "users": [{"name": "pipeline-runner", "user": {"token": token}}],
+                    "contexts": [
+                        {
+                            "name": "fake",
+                            "context": {"cluster": "fake", "user": "pipeline-runner", "namespace": "kubeflow"},
+                        }
+                    ],
+                    "current-context": "fake",
+                }
+            )
+        )
         return path
 
     def close(self):
@@ -188,25 +230,56 @@ class FakeKubeAPI:
             self.requests.append((verb.upper(), path, content_type, json.loads(raw) if raw else None))
             self.events.append(("k8s", verb.upper()))
         if handler.headers.get("Authorization") != f"Bearer {SA_TOKEN}":
-            return self._send(handler, 401, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                                             "message": "Unauthorized", "reason": "Unauthorized", "code": 401})
+            return self._send(
+                handler,
+                401,
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": "Unauthorized",
+                    "reason": "Unauthorized",
+                    "code": 401,
+                },
+            )
         match = PATH.match(path)
         if not match:
-            return self._send(handler, 404, status_object(404, "NotFound", "the server could not find the requested resource", ""))
+            return self._send(
+                handler, 404, status_object(404, "NotFound", "the server could not find the requested resource", "")
+            )
         ns, name = match["ns"], match["name"]
         if verb in self.forbid:
-            return self._send(handler, 403, status_object(
-                403, "Forbidden", f'deployments.apps "{name}" is forbidden: User "{SA_USER}" cannot {verb} resource '
-                f'"deployments" in API group "apps" in the namespace "{ns}"', name))
+            return self._send(
+                handler,
+                403,
+                status_object(
+                    403,
+                    "Forbidden",
+                    f'deployments.apps "{name}" is forbidden: User "{SA_USER}" cannot {verb} resource '
+                    f'"deployments" in API group "apps" in the namespace "{ns}"',
+                    name,
+                ),
+            )
         with self._lock:
             dep = self.deployments.get((ns, name))
             if dep is None:
-                return self._send(handler, 404, status_object(404, "NotFound", f'deployments.apps "{name}" not found', name))
+                return self._send(
+                    handler, 404, status_object(404, "NotFound", f'deployments.apps "{name}" not found', name)
+                )
             if verb == "patch":
                 if content_type != SMP:
-                    return self._send(handler, 415, status_object(
-                        415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted media "
-                        f"types include: application/json-patch+json, application/merge-patch+json, {SMP}", name))
+                    return self._send(
+                        handler,
+                        415,
+                        status_object(
+                            415,
+                            "UnsupportedMediaType",
+                            f"the body of the request was in an unknown format - accepted media "
+                            f"types include: application/json-patch+json, application/merge-patch+json, {SMP}",
+                            name,
+                        ),
+                    )
                 before = copy.deepcopy(dep["spec"])
                 strategic_merge(dep, json.loads(raw))
                 if dep["spec"] != before:
@@ -232,17 +305,27 @@ class FakeKubeAPI:
         status["observedGeneration"] = dep["metadata"]["generation"]
         if step == 2 or self.rollout in ("stuck", "deadline"):
             status.update(replicas=want + 1, updatedReplicas=1, readyReplicas=want, availableReplicas=want)
-            status["conditions"][1] = condition("Progressing", "True", "ReplicaSetUpdated",
-                                                f'ReplicaSet "{name}-5f7b9c4d8e" is progressing.')
+            status["conditions"][1] = condition(
+                "Progressing", "True", "ReplicaSetUpdated", f'ReplicaSet "{name}-5f7b9c4d8e" is progressing.'
+            )
             if self.rollout == "deadline" and step >= 3:
-                status["conditions"][1] = condition("Progressing", "False", "ProgressDeadlineExceeded",
-                                                    f'ReplicaSet "{name}-5f7b9c4d8e" has timed out progressing.')
+                status["conditions"][1] = condition(
+                    "Progressing",
+                    "False",
+                    "ProgressDeadlineExceeded",
+                    f'ReplicaSet "{name}-5f7b9c4d8e" has timed out progressing.',
+                )
             return
         status.update(replicas=want, updatedReplicas=want, readyReplicas=want, availableReplicas=want)
-        status["conditions"][1] = condition("Progressing", "True", "NewReplicaSetAvailable",
-                                            f'ReplicaSet "{name}-5f7b9c4d8e" has successfully progressed.')
+        status["conditions"][1] = condition(
+            "Progressing",
+            "True",
+            "NewReplicaSetAvailable",
+            f'ReplicaSet "{name}-5f7b9c4d8e" has successfully progressed.',
+        )
         annotations = dep["metadata"]["annotations"]
-        annotations["deployment.kubernetes.io/revision"] = str(int(annotations["deployment.kubernetes.io/revision"]) + 1)
+        revision = "deployment.kubernetes.io/revision"
+        annotations[revision] = str(int(annotations[revision]) + 1)
         del self._steps[(ns, name)]
 
 

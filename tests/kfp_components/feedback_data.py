@@ -1,5 +1,6 @@
 """Feedback as the serving app exports it (`GET /feedback/export`: CSV, header = feature names + `target`,
 admin bearer token), served over HTTP to `load_data`, and the data sets of the feedback tests."""
+
 from __future__ import annotations
 
 import csv
@@ -25,7 +26,7 @@ def export_csv(rows, labels) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow([*FEATURES, "target"])
-    for features, label in zip(np.asarray(rows, dtype=float).tolist(), labels):
+    for features, label in zip(np.asarray(rows, dtype=float).tolist(), labels, strict=True):
         writer.writerow([*(repr(float(v)) for v in features), int(label)])
     return buf.getvalue()
 

@@ -1,4 +1,5 @@
 """The committed compiled pipeline is what `make compile` produces from the code."""
+
 import os
 import subprocess
 import sys
@@ -15,7 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_committed_yaml_equals_fresh_compile(tmp_path: Path):
     fresh = compile_pipeline(tmp_path / "fresh.yaml")
     assert COMPILED_PIPELINE.read_text() == fresh.read_text(), (
-        "kfp_components/retrain_pipeline.yaml is stale: run `make compile` and commit it")
+        "kfp_components/retrain_pipeline.yaml is stale: run `make compile` and commit it"
+    )
 
 
 def test_compiled_pipeline_shape():
@@ -28,12 +30,15 @@ def test_compiled_pipeline_shape():
     assert condition and "validate-model" in condition[0]["triggerPolicy"]["condition"]
     # feedback travels apart from the data set: load_data -> train_model -> validate_model
     train_inputs = tasks["train-model"]["inputs"]["artifacts"]
-    assert train_inputs["feedback"]["taskOutputArtifact"] == {"outputArtifactKey": "feedback", "producerTask": "load-data"}
+    assert train_inputs["feedback"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "feedback",
+        "producerTask": "load-data",
+    }
     validate_inputs = tasks["validate-model"]["inputs"]["artifacts"]
     assert validate_inputs["feedback_holdout"]["taskOutputArtifact"]["producerTask"] == "train-model"
     assert validate_inputs["holdout"]["taskOutputArtifact"]["outputArtifactKey"] == "holdout"
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert {"data_uri", "model_name", "min_accuracy", "deploy_target", "mlflow_uri", "run_tag"} <= set(params)
+    assert {"data_uri", "model_name", "min_accuracy", "deploy_target", "mlflow_tracking_uri", "run_tag"} <= set(params)
     assert params["model_name"]["defaultValue"] == "iris-model"
 
 
@@ -70,8 +75,14 @@ def secret_env_by_task(path: Path) -> dict[str, list[dict]]:
 
 def _compile_cli(output: Path, **env) -> Path:
     environ = {k: v for k, v in os.environ.items() if k not in ("PIPELINE_SECRET", "COMPONENT_IMAGE")}
-    proc = subprocess.run([sys.executable, "-m", "kfp_components.compile", "--output", str(output)],
-                          capture_output=True, text=True, cwd=REPO, env={**environ, **env}, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kfp_components.compile", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**environ, **env},
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return output
 

@@ -2,9 +2,9 @@
 
 Each test module registers its own model name (the MLflow server is shared by the whole session).
 """
+
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,12 +80,19 @@ class Server:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def start_gunicorn(state_dir: Path, model_name: str, mlflow_url: str, workers: int = 2,
-                   extra_env: dict | None = None, wait_ready: bool = True, timeout: float = 180.0) -> Server:
+def start_gunicorn(
+    state_dir: Path,
+    model_name: str,
+    mlflow_tracking_uri: str,
+    workers: int = 2,
+    extra_env: dict | None = None,
+    wait_ready: bool = True,
+    timeout: float = 180.0,
+) -> Server:
     """`gunicorn -c serving/gunicorn.conf.py 'serving.app:create_app()'` on 127.0.0.1, as users start it."""
     port = free_port()
     env = {
-        "MLFLOW_TRACKING_URI": mlflow_url,
+        "MLFLOW_TRACKING_URI": mlflow_tracking_uri,
         "MODEL_NAME": model_name,
         "SERVING_STATE_DIR": str(state_dir),
         "SERVING_PORT": str(port),
@@ -110,7 +117,7 @@ def start_gunicorn(state_dir: Path, model_name: str, mlflow_url: str, workers: i
         wait_http_ok(url + ("/health" if wait_ready else "/health/live"), timeout=timeout, proc=proc)
     except Exception:
         stop_group(proc.pid)
-        raise RuntimeError(f"gunicorn did not come up:\n{server.log_text()[-4000:]}")
+        raise RuntimeError(f"gunicorn did not come up:\n{server.log_text()[-4000:]}") from None
     return server
 
 
@@ -131,9 +138,15 @@ def app_state_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("serving-state")
 
 
-def make_app(mlflow_url: str, model_name: str, state_dir: Path, **overrides):
+def make_app(mlflow_tracking_uri: str, model_name: str, state_dir: Path, **overrides):
     from serving.app import create_app
 
-    config = {"MLFLOW_TRACKING_URI": mlflow_url, "MODEL_NAME": model_name, "SERVING_STATE_DIR": str(state_dir),
-              "SERVING_ADMIN_TOKEN": ADMIN_TOKEN, "SERVING_FEEDBACK_TOKEN": FEEDBACK_TOKEN, **overrides}
+    config = {
+        "MLFLOW_TRACKING_URI": mlflow_tracking_uri,
+        "MODEL_NAME": model_name,
+        "SERVING_STATE_DIR": str(state_dir),
+        "SERVING_ADMIN_TOKEN": ADMIN_TOKEN,
+        "SERVING_FEEDBACK_TOKEN": FEEDBACK_TOKEN,
+        **overrides,
+    }
     return create_app(config)

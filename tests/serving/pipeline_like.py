@@ -3,6 +3,7 @@ step logs to MLflow'). A stand-in until kfp_components' training/registration st
 directly; the serving tests only rely on the contract, so replacing this helper with the real step
 functions must not change a test.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,16 +32,26 @@ class Registered:
     onnx: bool
 
 
-def log_like_pipeline(tracking_uri: str, model_name: str, X: pd.DataFrame, y: pd.Series, *,
-                      n_estimators: int = 10, random_state: int = 42, with_onnx: bool = True,
-                      experiment: str = "retrain", run_tag: str = "test", set_champion: bool = True,
-                      skip_reference: bool = False) -> Registered:
+def log_like_pipeline(
+    tracking_uri: str,
+    model_name: str,
+    X: pd.DataFrame,
+    y: pd.Series,
+    *,
+    n_estimators: int = 10,
+    random_state: int = 42,
+    with_onnx: bool = True,
+    experiment: str = "retrain",
+    run_tag: str = "test",
+    set_champion: bool = True,
+    skip_reference: bool = False,
+) -> Registered:
     import mlflow
+    import sklearn
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.model_selection import train_test_split
-    import sklearn
 
     mlflow.set_tracking_uri(tracking_uri)
     # register_model asks the registry URI, which MLFLOW_TRACKING_URI in the environment (the session
@@ -55,9 +66,14 @@ def log_like_pipeline(tracking_uri: str, model_name: str, X: pd.DataFrame, y: pd
         mlflow.log_metric("accuracy", float((model.predict(X_test) == y_test).mean()))
         signature = infer_signature(X_train, model.predict(X_train))
         # explicit pip requirements: inferring them costs ~40 s on this machine (the pipeline does the same)
-        logged = mlflow.sklearn.log_model(model, name="model", signature=signature, input_example=X_train.head(3),
-                                          skops_trusted_types=["sklearn.tree._tree.Tree"],
-                                          pip_requirements=[f"scikit-learn=={sklearn.__version__}"])
+        logged = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=X_train.head(3),
+            skops_trusted_types=["sklearn.tree._tree.Tree"],
+            pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
+        )
         with tempfile.TemporaryDirectory() as tmp:
             if not skip_reference:
                 ref = os.path.join(tmp, "reference.csv")
@@ -65,8 +81,8 @@ def log_like_pipeline(tracking_uri: str, model_name: str, X: pd.DataFrame, y: pd
                 mlflow.log_artifact(ref, "drift")
             parity = False
             if with_onnx:
-                from skl2onnx import to_onnx
                 import onnxruntime as ort
+                from skl2onnx import to_onnx
 
                 onx = to_onnx(model, X_train.to_numpy(dtype=np.float32)[:1], options={"zipmap": False})
                 sess = ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -77,12 +93,14 @@ def log_like_pipeline(tracking_uri: str, model_name: str, X: pd.DataFrame, y: pd
                     with open(path, "wb") as fh:
                         fh.write(onx.SerializeToString())
                     mlflow.log_artifact(path, "onnx")
-        mlflow.set_tags({
-            "feature_names": json.dumps(list(X.columns)),
-            "label_column": "target",
-            "retrain_run": run_tag,
-            "onnx_parity": "true" if parity else "false",
-        })
+        mlflow.set_tags(
+            {
+                "feature_names": json.dumps(list(X.columns)),
+                "label_column": "target",
+                "retrain_run": run_tag,
+                "onnx_parity": "true" if parity else "false",
+            }
+        )
     mv = mlflow.register_model(logged.model_uri, model_name)
     client.set_model_version_tag(model_name, mv.version, "retrain_run", run_tag)
     client.set_model_version_tag(model_name, mv.version, "run_id", run_id)

@@ -1,4 +1,5 @@
 """Code run in child processes by the store tests (spawned: it must be importable by module name)."""
+
 from __future__ import annotations
 
 import os
@@ -11,6 +12,7 @@ def start_store(path, barrier, results, hard_links: bool = True):
     from serving.store import sqlite
 
     if not hard_links:  # a file system without them: the store renames under a lock instead
+
         def no_link(src, dst):
             raise PermissionError(1, "Operation not permitted")
 

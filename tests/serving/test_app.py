@@ -1,5 +1,6 @@
 """The app in-process (Flask test client) against the real MLflow server: endpoints, bad input,
 feedback export, admin auth, backends, load failures and the no-champion start."""
+
 from __future__ import annotations
 
 import calendar
@@ -104,8 +105,12 @@ def test_health_and_model_info(client, champion):
 def test_predict_one_row_and_a_batch(client, champion):
     one = client.post("/predict", json={"features": SETOSA})
     assert one.status_code == 200
-    assert one.json == {"model_name": champion.name, "model_version": champion.version, "backend": "onnx",
-                        "prediction": 0}
+    assert one.json == {
+        "model_name": champion.name,
+        "model_version": champion.version,
+        "backend": "onnx",
+        "prediction": 0,
+    }
     batch = client.post("/predict", json={"instances": [SETOSA, [6.7, 3.0, 5.2, 2.3]]})
     assert batch.status_code == 200
     assert batch.json["predictions"] == [0, 2] and batch.json["count"] == 2
@@ -129,8 +134,12 @@ BAD_REQUESTS = [
     ("empty batch", dict(json={"instances": []}), 400, "empty"),
     ("ragged batch", dict(json={"instances": [SETOSA, [1.0]]}), 400, "instances[1]"),
     ("batch over limit", dict(json={"instances": [SETOSA] * 51}), 400, "limit is 50"),
-    ("body over limit", dict(data=json.dumps({"instances": [SETOSA] * 40, "pad": "x" * 5000}),
-                             content_type="application/json"), 413, ""),
+    (
+        "body over limit",
+        dict(data=json.dumps({"instances": [SETOSA] * 40, "pad": "x" * 5000}), content_type="application/json"),
+        413,
+        "",
+    ),
     ("not an object", dict(json=[SETOSA]), 400, "JSON object"),
 ]
 
@@ -186,16 +195,22 @@ def test_feedback_and_export(app, client):
     start = _feedback_count(app)
     one = client.post("/feedback", json={"features": SETOSA, "label": 0}, headers=FEEDBACK_AUTH)
     assert one.status_code == 201 and one.json["rows"] == 1
-    many = client.post("/feedback", json={"instances": [[6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]], "labels": [2, 1]},
-                       headers=FEEDBACK_AUTH)
+    many = client.post(
+        "/feedback",
+        json={"instances": [[6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]], "labels": [2, 1]},
+        headers=FEEDBACK_AUTH,
+    )
     assert many.status_code == 201 and many.json["rows"] == 2 and many.json["total"] == start + 3
     window_before = _window_max_id(app)
     export = client.get("/feedback/export", headers=AUTH)
     assert export.status_code == 200 and export.mimetype == "text/csv"
     rows = list(csv.reader(io.StringIO(export.get_data(as_text=True))))
     assert rows[0] == IRIS_FEATURES + ["target"]
-    assert rows[-3:] == [["5.1", "3.5", "1.4", "0.2", "0"], ["6.7", "3.0", "5.2", "2.3", "2"],
-                         ["5.9", "3.0", "4.2", "1.5", "1"]]
+    assert rows[-3:] == [
+        ["5.1", "3.5", "1.4", "0.2", "0"],
+        ["6.7", "3.0", "5.2", "2.3", "2"],
+        ["5.9", "3.0", "4.2", "1.5", "1"],
+    ]
     assert export.headers["X-Feedback-Rows"] == str(len(rows) - 1)
     assert _window_max_id(app) == window_before  # feedback is training data, not drift input
 
@@ -208,7 +223,8 @@ def test_drift_status_reset_and_metrics(app, client, champion):
     client.post("/predict", json={"instances": [SETOSA] * 3})
     assert client.get("/drift/status").json["samples"] == 3
     reset = client.post("/drift/reset", headers=AUTH)
-    assert reset.status_code == 200 and reset.json == {"status": "reset", "dropped": 3, "model_version": champion.version}
+    assert reset.status_code == 200
+    assert reset.json == {"status": "reset", "dropped": 3, "model_version": champion.version}
     text = client.get("/metrics").get_data(as_text=True)
     assert "serving_http_requests_total" in text and "serving_predicted_rows_total" in text
     assert 'endpoint="/predict"' in text
@@ -256,6 +272,7 @@ def test_unreachable_mlflow_answers_503_and_keeps_the_model(app, client, champio
 
 # -- issue 9: labels need a credential ------------------------------------------------------------
 
+
 def test_feedback_needs_a_credential(app, client, monkeypatch):
     """POST /feedback wants SERVING_FEEDBACK_TOKEN (or the admin token) as a bearer token; the request
     goes through the WSGI fast path in front of Flask like any other; tokens are compared with
@@ -270,8 +287,13 @@ def test_feedback_needs_a_credential(app, client, monkeypatch):
     assert missing.status_code == 401 and missing.mimetype == "application/json"
     assert "SERVING_FEEDBACK_TOKEN" in missing.json["error"]
     assert missing.headers["WWW-Authenticate"].startswith("Bearer")
-    for header in ("Bearer nope", f"Basic {FEEDBACK_TOKEN}", "Bearer", f"Bearer {FEEDBACK_TOKEN}x",
-                   f"bearer {FEEDBACK_TOKEN[:-1]}"):
+    for header in (
+        "Bearer nope",
+        f"Basic {FEEDBACK_TOKEN}",
+        "Bearer",
+        f"Bearer {FEEDBACK_TOKEN}x",
+        f"bearer {FEEDBACK_TOKEN[:-1]}",
+    ):
         wrong = client.post("/feedback", json=body, headers={"Authorization": header})
         assert wrong.status_code == 401, header
         assert wrong.headers["WWW-Authenticate"].startswith("Bearer") and wrong.json["error"]
@@ -324,7 +346,10 @@ def test_feedback_token_settings_are_checked():
 def test_store_url_setting_picks_the_backend_and_rejects_others_without_echoing_a_password():
     from serving.config import ConfigError, ServingConfig
 
-    assert ServingConfig.from_env({}, environ={"SERVING_STATE_DIR": "/s"}).resolved_store_url == "sqlite:////s/serving.sqlite3"
+    assert (
+        ServingConfig.from_env({}, environ={"SERVING_STATE_DIR": "/s"}).resolved_store_url
+        == "sqlite:////s/serving.sqlite3"
+    )
     url = "postgresql://serving:pw@db.mlops:5432/serving"
     assert ServingConfig.from_env({"SERVING_STORE_URL": url}, environ={}).resolved_store_url == url
     with pytest.raises(ConfigError, match="SERVING_STORE_URL") as err:
@@ -335,10 +360,15 @@ def test_store_url_setting_picks_the_backend_and_rejects_others_without_echoing_
 def test_feedback_provenance_is_stored_and_exported(app, client):
     start = _feedback_count(app)
     t0 = time.time()
-    a = client.post("/feedback", json={"features": SETOSA, "label": 0, "source": "labeller-7 batch:2026/01"},
-                    headers=FEEDBACK_AUTH)
-    b = client.post("/feedback", json={"instances": [[6.7, 3.0, 5.2, 2.3]], "labels": [2]}, headers=AUTH,
-                    environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    a = client.post(
+        "/feedback", json={"features": SETOSA, "label": 0, "source": "labeller-7 batch:2026/01"}, headers=FEEDBACK_AUTH
+    )
+    b = client.post(
+        "/feedback",
+        json={"instances": [[6.7, 3.0, 5.2, 2.3]], "labels": [2]},
+        headers=AUTH,
+        environ_base={"REMOTE_ADDR": "10.1.2.3"},
+    )
     assert a.status_code == 201 and b.status_code == 201
     for bad in ("", "=HYPERLINK(1)", "-x", "a\nb", "tab\there", "x" * 65, "ünïcode", 5, None, ["a"]):
         resp = client.post("/feedback", json={"features": SETOSA, "label": 0, "source": bad}, headers=FEEDBACK_AUTH)
@@ -354,8 +384,7 @@ def test_feedback_provenance_is_stored_and_exported(app, client):
     full = client.get("/feedback/export?provenance=true", headers=AUTH)
     assert full.status_code == 200 and full.mimetype == "text/csv"
     table = list(csv.reader(io.StringIO(full.get_data(as_text=True))))
-    assert table[0] == IRIS_FEATURES + ["target", "received_at", "credential", "client_addr", "source",
-                                        "model_version"]
+    assert table[0] == IRIS_FEATURES + ["target", "received_at", "credential", "client_addr", "source", "model_version"]
     first, second = table[-2], table[-1]
     assert first[:5] == ["5.1", "3.5", "1.4", "0.2", "0"]
     assert first[6:9] == ["feedback", "127.0.0.1", "labeller-7 batch:2026/01"]
@@ -371,6 +400,7 @@ def test_feedback_provenance_is_stored_and_exported(app, client):
 
 
 # -- issue 9: metric labels are bounded ----------------------------------------------------------
+
 
 def _request_series(text: str) -> set[str]:
     return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line.startswith("serving_http_requests_total{")}
@@ -395,6 +425,7 @@ def test_metric_labels_stay_bounded(client):
 
 
 # -- issue 9: the registry decides nothing by itself ----------------------------------------------
+
 
 def test_a_restarted_worker_serves_the_recorded_version_not_the_alias(mlflow_server, tmp_path, iris):
     """Moving the alias in MLflow changes nothing until an admin reload: a worker that starts (or
@@ -425,8 +456,9 @@ def test_a_restarted_worker_serves_the_recorded_version_not_the_alias(mlflow_ser
     assert make_app(mlflow_server, name, tmp_path).test_client().get("/model/info").json["version"] == v2.version
 
 
-def test_health_does_not_wait_for_a_worker_to_follow_a_reload_elsewhere(mlflow_server, model_name, champion,
-                                                                       iris, tmp_path):
+def test_health_does_not_wait_for_a_worker_to_follow_a_reload_elsewhere(
+    mlflow_server, model_name, champion, iris, tmp_path
+):
     """A reload on one worker (or replica) makes every other worker load the new version on its next
     request. A readiness probe must not be that request: /health answers at once with the model the
     worker has (`following: true`), the load runs in the background, and the next prediction is
@@ -460,8 +492,9 @@ def test_health_does_not_wait_for_a_worker_to_follow_a_reload_elsewhere(mlflow_s
     assert health["following"] is False and health["model_version"] == v2.version
 
 
-def test_unloadable_recorded_version_is_reported_not_replaced_by_the_alias(mlflow_server, model_name, champion,
-                                                                           tmp_path):
+def test_unloadable_recorded_version_is_reported_not_replaced_by_the_alias(
+    mlflow_server, model_name, champion, tmp_path
+):
     """The recorded version cannot be loaded: the worker says so in /health and /model/info, does not
     switch to the champion by itself, retries every SERVING_LOAD_RETRY_SECONDS; an admin reload moves it."""
     from serving.store import SQLiteStore

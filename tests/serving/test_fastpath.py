@@ -1,5 +1,6 @@
 """The WSGI fast path of POST /predict (serving/fastpath.py) answers exactly as the Flask view does,
 and hands every other request, and every failing one, to Flask without side effects of its own."""
+
 from __future__ import annotations
 
 import pytest
@@ -102,5 +103,7 @@ def test_feedback_is_never_answered_by_the_fast_path(app):
         resp = c.post(path, json={"features": SETOSA, "label": 0})
         assert resp.status_code == (401 if path == "/feedback" else 404), (path, resp.status_code)
     assert store.count_feedback(app.extensions["serving"].config.model_name) == before
-    ok = c.post("/feedback", json={"features": SETOSA, "label": 0}, headers={"Authorization": f"Bearer {FEEDBACK_TOKEN}"})
+    ok = c.post(
+        "/feedback", json={"features": SETOSA, "label": 0}, headers={"Authorization": f"Bearer {FEEDBACK_TOKEN}"}
+    )
     assert ok.status_code == 201

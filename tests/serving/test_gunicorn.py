@@ -5,6 +5,7 @@
 The seed's e2e steps, one drift window for all workers, restarts, reload of every worker, bad input,
 and the loop settling after a retrain that learned from the shifted data.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,8 +20,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.serving.conftest import (ADMIN_TOKEN, FEEDBACK_TOKEN, as_frame, shifted_iris, start_gunicorn,
-                                    stop_gunicorn)
+from tests.serving.conftest import ADMIN_TOKEN, FEEDBACK_TOKEN, as_frame, shifted_iris, start_gunicorn, stop_gunicorn
 from tests.serving.pipeline_like import iris_frame, log_like_pipeline
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -106,8 +106,9 @@ def test_one_window_for_all_workers(server, state_dir):
     assert first["samples"] == 100 and first["window_size"] == 100 and "reason" not in first
     for body in bodies[1:]:
         assert body["samples"] == first["samples"]
-        assert {k: v["p_value"] for k, v in body["features"].items()} == \
-               {k: v["p_value"] for k, v in first["features"].items()}
+        assert {k: v["p_value"] for k, v in body["features"].items()} == {
+            k: v["p_value"] for k, v in first["features"].items()
+        }
         assert body["drift_detected"] == first["drift_detected"]
     assert first["drift_detected"] is False  # traffic from the training distribution
     count, _ = _window_rows(state_dir)
@@ -116,7 +117,7 @@ def test_one_window_for_all_workers(server, state_dir):
     # the metrics of both workers add up, whichever worker is scraped
     texts = {srv.get("/metrics").text for _ in range(4)}
     for text in texts:
-        total = sum(float(v) for v in re.findall(r'^serving_predicted_rows_total\{[^}]*\} ([0-9.e+]+)$', text, re.M))
+        total = sum(float(v) for v in re.findall(r"^serving_predicted_rows_total\{[^}]*\} ([0-9.e+]+)$", text, re.M))
         assert total >= 400 + 101
 
 
@@ -140,10 +141,18 @@ def test_bad_input_changes_nothing_and_workers_survive(server, state_dir):
         ("/predict", dict(json={"instances": [[1, 2, 3, 4]] * 1001}), 400),
         ("/predict", dict(data=big, headers={"Content-Type": "application/json"}), 413),
         ("/feedback", dict(json={"features": [1, 2, 3, 4], "label": None}, headers=FEEDBACK_AUTH), 400),
-        ("/feedback", dict(json={"features": [1, 2, 3, 4], "label": 0, "source": "=cmd|x"}, headers=FEEDBACK_AUTH), 400),
+        (
+            "/feedback",
+            dict(json={"features": [1, 2, 3, 4], "label": 0, "source": "=cmd|x"}, headers=FEEDBACK_AUTH),
+            400,
+        ),
         ("/feedback", dict(data=big, headers={**JSON, **FEEDBACK_AUTH}), 413),
         ("/feedback", dict(json={"features": [1, 2, 3, 4], "label": 0}), 401),
-        ("/feedback", dict(json={"features": [1, 2, 3, 4], "label": 0}, headers={"Authorization": "Bearer wrong"}), 401),
+        (
+            "/feedback",
+            dict(json={"features": [1, 2, 3, 4], "label": 0}, headers={"Authorization": "Bearer wrong"}),
+            401,
+        ),
         ("/drift/reset", dict(headers={"Authorization": "Bearer wrong"}), 401),
         ("/model/reload", dict(headers={"Authorization": "Bearer wrong"}), 401),
     ]
@@ -186,10 +195,11 @@ def test_reload_moves_every_worker_and_the_loop_settles(server, mlflow_server, m
     # a real shift: petal length +0.5 cm. Clients send it and later label it (feedback).
     rows, labels = shifted_iris(300, seed=11)
     for start in range(0, 300, 50):
-        chunk = [[float(v) for v in r] for r in rows[start:start + 50]]
+        chunk = [[float(v) for v in r] for r in rows[start : start + 50]]
         assert srv.post("/predict", json={"instances": chunk}).status_code == 200
-        fb = srv.labeller(json={"instances": chunk, "labels": [int(v) for v in labels[start:start + 50]],
-                                "source": "test-labeller"})
+        fb = srv.labeller(
+            json={"instances": chunk, "labels": [int(v) for v in labels[start : start + 50]], "source": "test-labeller"}
+        )
         assert fb.status_code == 201
     status = srv.get("/drift/status").json()
     assert status["drift_detected"] is True and "petal_length" in status["drifted_features"]
@@ -201,8 +211,9 @@ def test_reload_moves_every_worker_and_the_loop_settles(server, mlflow_server, m
     assert table[0] == ["sepal_length", "sepal_width", "petal_length", "petal_width", "target"]
     assert len(table) - 1 == 300
     data = np.array(table[1:], dtype=float)
-    new = log_like_pipeline(mlflow_server, model_name, *as_frame(data[:, :4], data[:, 4].astype(int)),
-                            run_tag="retrained-on-feedback")
+    new = log_like_pipeline(
+        mlflow_server, model_name, *as_frame(data[:, :4], data[:, 4].astype(int)), run_tag="retrained-on-feedback"
+    )
 
     # clients keep predicting while the app reloads: no request is dropped or fails
     stop, outcomes = threading.Event(), []
@@ -263,8 +274,11 @@ def test_made_up_methods_and_paths_do_not_grow_the_metrics(server):
     size_before = len(srv.get("/metrics").content)
     with requests.Session() as session:
         for i in range(400):
-            method = "X" + "".join(chr(65 + (i * 7 + k * 3) % 26) for k in range(8)) + str(i).translate(
-                str.maketrans("0123456789", "ABCDEFGHIJ"))  # gunicorn takes upper-case tokens as methods
+            method = (
+                "X"
+                + "".join(chr(65 + (i * 7 + k * 3) % 26) for k in range(8))
+                + str(i).translate(str.maketrans("0123456789", "ABCDEFGHIJ"))
+            )  # gunicorn takes upper-case tokens as methods
             path = ("/predict", "/health", "/feedback", f"/made-up/{i}")[i % 4]
             resp = session.request(method, srv.url + path, timeout=30)
             assert resp.status_code in (404, 405), (method, path, resp.status_code, resp.text[:200])

@@ -8,6 +8,7 @@ points at the served version. A damaged copy is never served.
 
 The gunicorn test stops and restarts an MLflow server of its own (the session's is shared).
 """
+
 from __future__ import annotations
 
 import json
@@ -50,9 +51,11 @@ def _mode(path: Path) -> int:
 
 # -- the copy itself ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("backend", ["onnx", "sklearn"])
-def test_a_loaded_version_leaves_a_private_verified_copy(mlflow_server, model_name, champion, tmp_path, backend,
-                                                         fast_failing_mlflow_client):
+def test_a_loaded_version_leaves_a_private_verified_copy(
+    mlflow_server, model_name, champion, tmp_path, backend, fast_failing_mlflow_client
+):
     copies = ModelCopies(tmp_path / "models")
     loaded = MlflowModelLoader(mlflow_server, model_name, backend=backend, copies=copies).load(champion.version)
     assert loaded.source == REGISTRY and loaded.backend == backend
@@ -102,20 +105,23 @@ def _other_version(copy_dir: Path) -> None:
 
 def _truncated_manifest(copy_dir: Path) -> None:
     text = (copy_dir / MANIFEST).read_text()
-    (copy_dir / MANIFEST).write_text(text[:len(text) // 2])
+    (copy_dir / MANIFEST).write_text(text[: len(text) // 2])
 
 
-TAMPERING = {"model bytes": (_tamper_model, "model.onnx does not match its sha256"),
-             "missing file": (_drop_reference, "missing ['reference.csv']"),
-             "extra file": (_add_file, "unexpected ['extra.pkl']"),
-             "edited reference": (_edit_reference, "reference.csv does not match its sha256"),
-             "another version": (_other_version, "not"),
-             "truncated manifest": (_truncated_manifest, "no readable manifest.json")}
+TAMPERING = {
+    "model bytes": (_tamper_model, "model.onnx does not match its sha256"),
+    "missing file": (_drop_reference, "missing ['reference.csv']"),
+    "extra file": (_add_file, "unexpected ['extra.pkl']"),
+    "edited reference": (_edit_reference, "reference.csv does not match its sha256"),
+    "another version": (_other_version, "not"),
+    "truncated manifest": (_truncated_manifest, "no readable manifest.json"),
+}
 
 
 @pytest.mark.parametrize("tampering", sorted(TAMPERING))
-def test_a_damaged_copy_is_never_served(mlflow_server, model_name, champion, tmp_path, tampering,
-                                        fast_failing_mlflow_client):
+def test_a_damaged_copy_is_never_served(
+    mlflow_server, model_name, champion, tmp_path, tampering, fast_failing_mlflow_client
+):
     copies = ModelCopies(tmp_path / "models")
     MlflowModelLoader(mlflow_server, model_name, copies=copies).load(champion.version)
     damage, fragment = TAMPERING[tampering]
@@ -138,8 +144,7 @@ def test_the_registry_is_asked_first_and_copies_are_pruned(mlflow_server, tmp_pa
     X, y = iris
     copies = ModelCopies(tmp_path / "models", keep=2)
     loader = MlflowModelLoader(mlflow_server, name, copies=copies)
-    versions = [log_like_pipeline(mlflow_server, name, X, y, random_state=i, run_tag=f"v{i}").version
-                for i in range(3)]
+    versions = [log_like_pipeline(mlflow_server, name, X, y, random_state=i, run_tag=f"v{i}").version for i in range(3)]
     for v in versions:
         assert loader.load(v).source == REGISTRY  # MLflow answers: never the copy
         time.sleep(0.05)
@@ -151,8 +156,9 @@ def test_the_registry_is_asked_first_and_copies_are_pruned(mlflow_server, tmp_pa
     assert caught.value.kind == "unavailable"
 
 
-def test_a_worker_started_while_mlflow_is_down_serves_the_copy(mlflow_server, model_name, champion, tmp_path,
-                                                               fast_failing_mlflow_client):
+def test_a_worker_started_while_mlflow_is_down_serves_the_copy(
+    mlflow_server, model_name, champion, tmp_path, fast_failing_mlflow_client
+):
     """In-process: the app's first start loaded from MLflow and left the copy; a second app on the
     same state (a restarted worker) with MLflow unreachable serves the recorded version from it; with
     a damaged copy it serves nothing and says why."""
@@ -189,7 +195,8 @@ def _wait_health(client, predicate, timeout: float = 20.0):
 
 
 def test_a_failed_reload_settles_by_itself_only_when_the_alias_still_points_at_the_served_version(
-        mlflow_server, tmp_path, iris, monkeypatch, fast_failing_mlflow_client):
+    mlflow_server, tmp_path, iris, monkeypatch, fast_failing_mlflow_client
+):
     name = f"settle-{uuid.uuid4().hex[:8]}"
     X, y = iris
     v1 = log_like_pipeline(mlflow_server, name, X, y, run_tag="v1")
@@ -216,6 +223,7 @@ def test_a_failed_reload_settles_by_itself_only_when_the_alias_still_points_at_t
 
 
 # -- a real gunicorn and an MLflow server that goes down and comes back -------------------------------
+
 
 class OwnMlflow:
     def __init__(self, state: Path, port: int):
@@ -244,6 +252,7 @@ def own_mlflow(tmp_path_factory):
 
 def _answers(srv, n: int = 8) -> list[tuple[int, str, dict]]:
     """n predictions, 4 at a time so that every worker answers some."""
+
     def one(_):
         r = srv.post("/predict", json={"features": SETOSA})
         return r.status_code, r.headers.get("X-Serving-Worker", ""), r.json()
@@ -263,8 +272,13 @@ def test_mlflow_down_a_respawned_worker_serves_the_copy_and_health_heals_by_itse
     name = f"outage-{uuid.uuid4().hex[:8]}"
     X, y = iris_frame()
     v1 = log_like_pipeline(own_mlflow.url, name, X, y, run_tag="v1")
-    srv = start_gunicorn(tmp_path, name, own_mlflow.url, workers=2,
-                         extra_env={"SERVING_LOAD_RETRY_SECONDS": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"})
+    srv = start_gunicorn(
+        tmp_path,
+        name,
+        own_mlflow.url,
+        workers=2,
+        extra_env={"SERVING_LOAD_RETRY_SECONDS": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"},
+    )
     try:
         assert {h["model_source"] for h in _healths(srv).values()} == {REGISTRY}
         assert ModelCopies(tmp_path / "models").open(name, v1.version) is not None
@@ -290,7 +304,7 @@ def test_mlflow_down_a_respawned_worker_serves_the_copy_and_health_heals_by_itse
                 pass
             time.sleep(0.1)
         print(f"respawned worker answered {time.monotonic() - killed_at:.1f} s after the kill, MLflow down")
-        (pid, body), = fresh.items()
+        ((pid, body),) = fresh.items()
         assert body["status"] == "degraded" and body["model_source"] == LOCAL_COPY, body
         assert body["model_version"] == v1.version and "is unreachable" in body["reason"]
         answers = _answers(srv, 20)
@@ -307,8 +321,9 @@ def test_mlflow_down_a_respawned_worker_serves_the_copy_and_health_heals_by_itse
                 break
             assert time.monotonic() < deadline, healths
             time.sleep(0.5)
-        print(f"MLflow restarted in {restart:.1f} s; /health ok on every worker "
-              f"{time.monotonic() - back_at:.1f} s later")
+        print(
+            f"MLflow restarted in {restart:.1f} s; /health ok on every worker {time.monotonic() - back_at:.1f} s later"
+        )
         for body in healths.values():
             assert body["model_source"] == REGISTRY and body["model_version"] == v1.version
             assert body["last_reload"]["ok"] is True and "settled without a reload" in body["last_reload"]["message"]

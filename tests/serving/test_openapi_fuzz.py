@@ -1,5 +1,6 @@
 """OpenAPI-driven fuzzing of the app in-process (schemathesis): no 5xx, no response that breaks the
 document, for valid and invalid inputs, with and without the admin token."""
+
 from __future__ import annotations
 
 import pytest
@@ -31,8 +32,18 @@ def test_document_describes_the_served_model(fuzz_app):
     assert doc["openapi"].startswith("3.0")
     row = doc["components"]["schemas"]["Row"]
     assert row["minItems"] == row["maxItems"] == 4
-    assert set(doc["paths"]) >= {"/health", "/model/info", "/predict", "/drift/status", "/drift/reset",
-                                 "/model/reload", "/metrics", "/openapi.json", "/feedback", "/feedback/export"}
+    assert set(doc["paths"]) >= {
+        "/health",
+        "/model/info",
+        "/predict",
+        "/drift/status",
+        "/drift/reset",
+        "/model/reload",
+        "/metrics",
+        "/openapi.json",
+        "/feedback",
+        "/feedback/export",
+    }
     # every endpoint that changes state or reads the training data names its credential
     assert doc["paths"]["/feedback"]["post"]["security"] == [{"feedbackAuth": []}, {"bearerAuth": []}]
     for path, method in (("/drift/reset", "post"), ("/model/reload", "post"), ("/feedback/export", "get")):
@@ -49,20 +60,34 @@ def test_fuzz_every_operation(api_schema, mode):
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) >= 10  # all paths but the document itself
     for operation in operations:
-        headers = ({"Authorization": f"Bearer {ADMIN_TOKEN}"} if operation.path in ADMIN_PATHS
-                   else {"Authorization": f"Bearer {FEEDBACK_TOKEN}"} if operation.path == "/feedback" else None)
+        headers = (
+            {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            if operation.path in ADMIN_PATHS
+            else {"Authorization": f"Bearer {FEEDBACK_TOKEN}"}
+            if operation.path == "/feedback"
+            else None
+        )
 
-        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=operation.as_strategy(generation_mode=mode))
         def run(case):
             body = case.body
-            if (mode == GenerationMode.POSITIVE and isinstance(body, dict) and isinstance(body.get("instances"), list)
-                    and isinstance(body.get("labels"), list)):
+            if (
+                mode == GenerationMode.POSITIVE
+                and isinstance(body, dict)
+                and isinstance(body.get("instances"), list)
+                and isinstance(body.get("labels"), list)
+            ):
                 # 'one label per row' is a rule JSON Schema cannot state: keep generated bodies valid
                 n = len(body["instances"])
                 body["labels"] = (body["labels"] + [0] * n)[:n]
-            case.call_and_validate(headers=headers)
+            case.call_and_validate(headers=headers)  # noqa: B023 - run() is called in this iteration
 
         try:
             run()

@@ -1,6 +1,7 @@
 """Two serving replicas on one PostgreSQL store, as on Kubernetes: two gunicorn masters with two
 workers each, started as users start them, sharing `SERVING_STORE_URL=postgresql://…` on a real
 local PostgreSQL server (its own for this module: one test stops and restarts it)."""
+
 from __future__ import annotations
 
 import os
@@ -175,8 +176,11 @@ def test_a_killed_replica_loses_no_row_it_answered(replicas, store_url):
     rows, _ = shifted_iris(60, seed=9, shift=0.0)
     sent = []
     with ThreadPoolExecutor(4) as pool:
-        for r, row in zip(pool.map(lambda row: a.post("/predict", json={"features": [float(v) for v in row]}), rows),
-                          rows):
+        for r, row in zip(
+            pool.map(lambda row: a.post("/predict", json={"features": [float(v) for v in row]}), rows),
+            rows,
+            strict=True,
+        ):
             assert r.status_code == 200
             sent.append(tuple(float(v) for v in row))
     os.killpg(a.proc.pid, signal.SIGKILL)  # the whole replica, master and workers, without warning

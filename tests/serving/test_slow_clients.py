@@ -2,6 +2,7 @@
 2 s header and body timeouts): they cost a connection, not a worker. /health keeps answering while 50
 connections trickle their headers; short, oversized and malformed requests get a JSON 4xx quickly and
 change nothing stored; well-formed requests (Expect: 100-continue, chunked, pipelined) still work."""
+
 from __future__ import annotations
 
 import json
@@ -30,9 +31,18 @@ def state_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(mlflow_server, model_name, champion, state_dir):
-    srv = start_gunicorn(state_dir, model_name, mlflow_server, workers=2, extra_env={
-        "SERVING_HEADER_TIMEOUT_SECONDS": str(TIMEOUT_S), "SERVING_BODY_TIMEOUT_SECONDS": str(TIMEOUT_S),
-        "SERVING_MAX_BODY_BYTES": str(MAX_BODY), "GUNICORN_WORKER_CLASS": "serving.worker.BufferingSyncWorker"})
+    srv = start_gunicorn(
+        state_dir,
+        model_name,
+        mlflow_server,
+        workers=2,
+        extra_env={
+            "SERVING_HEADER_TIMEOUT_SECONDS": str(TIMEOUT_S),
+            "SERVING_BODY_TIMEOUT_SECONDS": str(TIMEOUT_S),
+            "SERVING_MAX_BODY_BYTES": str(MAX_BODY),
+            "GUNICORN_WORKER_CLASS": "serving.worker.BufferingSyncWorker",
+        },
+    )
     yield srv
     stop_gunicorn(srv)
 
@@ -125,35 +135,46 @@ def test_content_length_over_the_limit_is_413_without_sending_the_body(server):
     assert_json_error(status, headers, body, 413, f"over the limit of {MAX_BODY} bytes")
     assert time.monotonic() - started < 1.0
     # a client that sends the whole body before it reads (as requests does) still gets the 413
-    resp = requests.post(server.url + "/predict", data=b"x" * (5 * MAX_BODY),
-                         headers={"Content-Type": "application/json"}, timeout=10)
+    resp = requests.post(
+        server.url + "/predict", data=b"x" * (5 * MAX_BODY), headers={"Content-Type": "application/json"}, timeout=10
+    )
     assert resp.status_code == 413 and "over the limit" in resp.json()["error"]
 
 
 def test_chunked_body_over_the_limit_is_413_not_malformed_json(server):
     chunks = (b'{"instances": [' + b"[1.0, 2.0, 3.0, 4.0], " * 400 for _ in range(10))  # ~80 KiB in 10 chunks
-    resp = requests.post(server.url + "/predict", data=chunks, headers={"Content-Type": "application/json"},
-                         timeout=10)
+    resp = requests.post(server.url + "/predict", data=chunks, headers={"Content-Type": "application/json"}, timeout=10)
     assert resp.status_code == 413 and resp.headers["Content-Type"] == "application/json"
     assert "chunked request body over the limit" in resp.json()["error"]
 
 
 def test_chunked_body_within_the_limit_is_predicted(server):
-    resp = requests.post(server.url + "/predict", data=iter([PREDICT[:10], PREDICT[10:]]),
-                         headers={"Content-Type": "application/json"}, timeout=10)
+    resp = requests.post(
+        server.url + "/predict",
+        data=iter([PREDICT[:10], PREDICT[10:]]),
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
     assert resp.status_code == 200 and resp.json()["prediction"] == 0
 
 
-@pytest.mark.parametrize("raw,status,word", [
-    (b"GARBAGE\r\n\r\n", 400, "invalid request line"),
-    (b"GET /health HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n", 400, "Header"),
-    (b"GET /health HTTP/1.1\r\nBad Name: x\r\n\r\n", 400, "Header"),
-    (b"GET /health HTTP/9.9\r\n\r\n", 400, "HTTP Version"),
-    (b"POST /predict HTTP/1.1\r\nContent-Length: 4x\r\n\r\n", 400, "invalid Content-Length"),
-    (b"POST /predict HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "ambiguous"),
-    (b"POST /predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "invalid chunk size"),
-    (b"GET /health HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431, "larger than"),
-])
+@pytest.mark.parametrize(
+    "raw,status,word",
+    [
+        (b"GARBAGE\r\n\r\n", 400, "invalid request line"),
+        (b"GET /health HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n", 400, "Header"),
+        (b"GET /health HTTP/1.1\r\nBad Name: x\r\n\r\n", 400, "Header"),
+        (b"GET /health HTTP/9.9\r\n\r\n", 400, "HTTP Version"),
+        (b"POST /predict HTTP/1.1\r\nContent-Length: 4x\r\n\r\n", 400, "invalid Content-Length"),
+        (
+            b"POST /predict HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+            "ambiguous",
+        ),
+        (b"POST /predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "invalid chunk size"),
+        (b"GET /health HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431, "larger than"),
+    ],
+)
 def test_malformed_requests_get_json_not_html(server, raw, status, word):
     answer = exchange(server, raw)
     assert_json_error(*answer[:3], status, word)
@@ -181,17 +202,23 @@ def test_pipelined_and_plain_requests_still_work(server):
     assert split[0] == 200
     with requests.Session() as session:
         for _ in range(10):
-            assert session.post(server.url + "/predict", data=PREDICT,
-                                headers={"Content-Type": "application/json"}, timeout=10).status_code == 200
+            assert (
+                session.post(
+                    server.url + "/predict", data=PREDICT, headers={"Content-Type": "application/json"}, timeout=10
+                ).status_code
+                == 200
+            )
 
 
 def test_rejected_requests_change_nothing_and_no_worker_was_replaced(server, state_dir):
     before = window_rows(state_dir)
     samples = server.get("/drift/status").json()["samples"]
-    requests_ = [post_head(len(PREDICT) + 10) + PREDICT,  # 10 bytes short: 408
-                 post_head(MAX_BODY + 1) + PREDICT,  # 413 at once
-                 post_head(None, "Transfer-Encoding: chunked") + b"5\r\n" + PREDICT[:5] + b"\r\n",  # 408
-                 post_head(len(PREDICT), "Expect: nothing") + PREDICT]  # 417
+    requests_ = [
+        post_head(len(PREDICT) + 10) + PREDICT,  # 10 bytes short: 408
+        post_head(MAX_BODY + 1) + PREDICT,  # 413 at once
+        post_head(None, "Transfer-Encoding: chunked") + b"5\r\n" + PREDICT[:5] + b"\r\n",  # 408
+        post_head(len(PREDICT), "Expect: nothing") + PREDICT,
+    ]  # 417
     with ThreadPoolExecutor(len(requests_)) as pool:
         statuses = [answer[0] for answer in pool.map(lambda raw: exchange(server, raw), requests_)]
     assert statuses == [408, 413, 408, 417]

@@ -6,6 +6,7 @@ binding the port; a worker that fails to boot (also after it loaded the ONNX mod
 exit within seconds with "Worker failed to boot" and the cause in its log. A new state is created
 whole, once, even by several processes at once.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,6 +32,7 @@ FEEDBACK_ROWS = 562
 
 # -- gunicorn app factories of the worker-path tests (run inside a gunicorn worker) -----------------
 
+
 def app_on_damaged_state():
     """A worker whose state file is damaged while the master's check saw a good one."""
     from serving.app import create_app
@@ -49,14 +51,20 @@ def app_that_fails_after_loading():
 
 # -- helpers -----------------------------------------------------------------------------------------
 
+
 def _real_state(path: Path) -> Path:
     """A state file as serving leaves it: a served record, a drift window and 562 feedback rows."""
     store = SQLiteStore(path, window_size=5000, checkpoint_seconds=0, prune_every=10**9)
     record, _ = store.activate("iris", "3", "run-3")
     rng = np.random.default_rng(0)
     store.add_rows(record.epoch, rng.normal(size=(3000, 4)))
-    store.add_feedback("iris", "3", rng.normal(size=(FEEDBACK_ROWS, 4)), [1] * FEEDBACK_ROWS,
-                       FeedbackProvenance("feedback", "127.0.0.1", "labeller"))
+    store.add_feedback(
+        "iris",
+        "3",
+        rng.normal(size=(FEEDBACK_ROWS, 4)),
+        [1] * FEEDBACK_ROWS,
+        FeedbackProvenance("feedback", "127.0.0.1", "labeller"),
+    )
     store.close()
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -75,13 +83,13 @@ def _garbage(path):
 
 def _truncated(path):
     data = _real_state(path).read_bytes()
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
 
 
 def _damaged_pages(path):
     data = _real_state(path).read_bytes()
     middle = len(data) // 2 // 4096 * 4096
-    path.write_bytes(data[:middle] + os.urandom(3 * 4096) + data[middle + 3 * 4096:])
+    path.write_bytes(data[:middle] + os.urandom(3 * 4096) + data[middle + 3 * 4096 :])
 
 
 def _foreign(path):
@@ -115,6 +123,7 @@ def _assert_message(message: str, path: Path, problem: str) -> None:
 
 
 # -- the store ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_a_damaged_state_file_is_refused_and_left_unchanged(tmp_path, damage):
@@ -184,12 +193,25 @@ def test_several_processes_creating_a_new_state_agree_on_one_file(tmp_path, hard
 
 # -- gunicorn ----------------------------------------------------------------------------------------
 
-def _launch(state_dir: Path, app: str = "serving.app:create_app()", extra_env: dict | None = None,
-            mlflow_url: str = "http://127.0.0.1:9", model_name: str = "unused"):
+
+def _launch(
+    state_dir: Path,
+    app: str = "serving.app:create_app()",
+    extra_env: dict | None = None,
+    mlflow_tracking_uri: str = "http://127.0.0.1:9",
+    model_name: str = "unused",
+):
     port = free_port()
-    env = {"MLFLOW_TRACKING_URI": mlflow_url, "MODEL_NAME": model_name, "SERVING_STATE_DIR": str(state_dir),
-           "SERVING_PORT": str(port), "SERVING_HOST": "127.0.0.1", "GUNICORN_WORKERS": "2",
-           "PROMETHEUS_MULTIPROC_DIR": str(state_dir / "prometheus"), **(extra_env or {})}
+    env = {
+        "MLFLOW_TRACKING_URI": mlflow_tracking_uri,
+        "MODEL_NAME": model_name,
+        "SERVING_STATE_DIR": str(state_dir),
+        "SERVING_PORT": str(port),
+        "SERVING_HOST": "127.0.0.1",
+        "GUNICORN_WORKERS": "2",
+        "PROMETHEUS_MULTIPROC_DIR": str(state_dir / "prometheus"),
+        **(extra_env or {}),
+    }
     log_path = state_dir / f"gunicorn-{port}.log"
     cmd = [str(REPO / ".venv" / "bin" / "gunicorn"), "-c", str(GUNICORN_CONF), app]
     return start_process(cmd, log_path, env=env, cwd=REPO), port, log_path
@@ -223,8 +245,7 @@ def test_gunicorn_refuses_a_damaged_state_file_at_once(tmp_path, damage):
 
 
 @pytest.mark.parametrize("case", ["damaged state", "fails after loading the ONNX model"])
-def test_a_worker_that_cannot_start_stops_gunicorn_within_seconds(tmp_path, mlflow_server, model_name, champion,
-                                                                   case):
+def test_a_worker_that_cannot_start_stops_gunicorn_within_seconds(tmp_path, mlflow_server, model_name, champion, case):
     """The master's check passed, a worker fails to boot: gunicorn exits "Worker failed to boot" with
     the cause in its log, within seconds (before: its workers hung in onnxruntime's exit handlers and
     the master kept the port)."""
@@ -235,8 +256,10 @@ def test_a_worker_that_cannot_start_stops_gunicorn_within_seconds(tmp_path, mlfl
         env["TEST_WORKER_DB_PATH"] = str(bad)
         app, cause = "tests.serving.test_state_file:app_on_damaged_state()", f"serving state file {bad} is truncated"
     else:
-        app, cause = ("tests.serving.test_state_file:app_that_fails_after_loading()",
-                      "boot failure injected by the test")
+        app, cause = (
+            "tests.serving.test_state_file:app_that_fails_after_loading()",
+            "boot failure injected by the test",
+        )
     proc, port, log_path = _launch(tmp_path, app, env, mlflow_server, model_name)
     try:
         deadline = time.monotonic() + 180  # the master's preload (mlflow, pandas, scipy) comes first

@@ -1,6 +1,7 @@
 """The state store contract, run against both backends: SQLite (the embedded default) and a real
 PostgreSQL server (several replicas). Backend-specific behaviour (SQLite file migration, PostgreSQL
 concurrency and outages) is tested below the contract."""
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -10,6 +11,11 @@ import pytest
 
 from serving.store import FeedbackProvenance, SQLiteStore, StoreUnavailable, open_store
 from tests.serving.store_procs import start_replica, write_rows
+
+
+def feedback_pairs(store, model_name):
+    """(features, label) of every feedback row, oldest first."""
+    return [(r.features, r.label) for r in store.iter_feedback_records(model_name)]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -104,7 +110,7 @@ def test_batch_larger_than_window_keeps_the_last_rows(store_url):
 def test_feedback_round_trip(store_url):
     store = open_store(store_url, window_size=5)
     assert store.add_feedback("m", "1", np.array([[1.5, 2.0], [3.0, 4.25]]), [0, "b"]) == 2
-    assert list(store.iter_feedback("m")) == [([1.5, 2.0], 0), ([3.0, 4.25], "b")]
+    assert feedback_pairs(store, "m") == [([1.5, 2.0], 0), ([3.0, 4.25], "b")]
     assert store.count_feedback("m") == 2 and store.count_feedback("x") == 0
     store.add_feedback("m", "2", np.array([[5.0, 6.0]]), [2], FeedbackProvenance("feedback", "10.0.0.9", "lab-1"))
     last = list(open_store(store_url, window_size=5).iter_feedback_records("m"))[-1]
@@ -161,6 +167,7 @@ def test_unsupported_store_url_is_refused_without_echoing_the_password():
 
 # -- PostgreSQL: replicas, outages -------------------------------------------------------------------
 
+
 def test_replicas_starting_together_create_the_schema_once_and_agree_on_one_record(postgres_url):
     ctx = mp.get_context("spawn")  # a fork of this many-threaded process can hang
     n = 6
@@ -199,8 +206,12 @@ def test_store_outage_fails_fast_loses_nothing_and_recovers_without_a_new_store(
             store.generation("m")
         assert time.monotonic() - t0 < 5
         assert server.password not in str(err.value) and "127.0.0.1" in str(err.value)
-        for call in (lambda: store.add_rows(record.epoch, np.ones((1, 2))), lambda: store.window(record.epoch, 100),
-                     lambda: list(store.iter_feedback("m")), lambda: store.add_feedback("m", "1", np.ones((1, 2)), [0])):
+        for call in (
+            lambda: store.add_rows(record.epoch, np.ones((1, 2))),
+            lambda: store.window(record.epoch, 100),
+            lambda: feedback_pairs(store, "m"),
+            lambda: store.add_feedback("m", "1", np.ones((1, 2)), [0]),
+        ):
             t0 = time.monotonic()
             with pytest.raises(StoreUnavailable):
                 call()
@@ -216,7 +227,7 @@ def test_store_outage_fails_fast_loses_nothing_and_recovers_without_a_new_store(
                 assert time.monotonic() < deadline, "the store did not reconnect after the server came back"
                 time.sleep(0.2)
         assert window[:, 0].tolist() == list(np.arange(0, 20, 2, dtype=float))  # every stored row is there
-        assert list(store.iter_feedback("m")) == [([1.0, 2.0], 1)]
+        assert feedback_pairs(store, "m") == [([1.0, 2.0], 1)]
         assert store.served("m").version == "1" and store.generation("m") == record.generation
     finally:
         server.destroy()
@@ -253,8 +264,10 @@ def test_old_state_file_is_migrated_in_place_and_keeps_its_rows(tmp_path):
     columns = [row[1] for row in store.conn.execute("PRAGMA table_info(feedback)")]
     assert columns[-3:] == ["credential", "client_addr", "source"]
     old = list(store.iter_feedback_records("m"))
-    assert [(r.features, r.label, r.model_version, r.created_at) for r in old] == \
-           [([1.5, 2.0], 0, "1", 1700000000.5), ([3.0, 4.25], "b", "1", 1700000001.0)]
+    assert [(r.features, r.label, r.model_version, r.created_at) for r in old] == [
+        ([1.5, 2.0], 0, "1", 1700000000.5),
+        ([3.0, 4.25], "b", "1", 1700000001.0),
+    ]
     assert all(r.credential is None and r.client_addr is None and r.source is None for r in old)
     assert store.count_feedback("other") == 1
 
@@ -265,4 +278,4 @@ def test_old_state_file_is_migrated_in_place_and_keeps_its_rows(tmp_path):
     new = records[2]
     assert (new.features, new.label, new.model_version) == ([5.0, 6.0], 2, "3")
     assert (new.credential, new.client_addr, new.source) == ("feedback", "10.0.0.9", "lab-1")
-    assert list(again.iter_feedback("m"))[-1] == ([5.0, 6.0], 2)
+    assert feedback_pairs(again, "m")[-1] == ([5.0, 6.0], 2)

@@ -2,6 +2,7 @@
 requests are refused before the app, fed byte by byte and all at once), the JSON answers of gunicorn's
 own parse errors, and the worker loop run in this process with a trivial app (connection limit, buffer
 budget, timeouts, graceful stop)."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,15 @@ from gunicorn.config import Config
 from gunicorn.glogging import Logger
 from gunicorn.http import errors as gerrors
 
-from serving.worker import (CONTINUE, BufferingSyncWorker, Complete, Reject, RequestBuffer, gunicorn_error_status,
-                            json_error)
+from serving.worker import (
+    CONTINUE,
+    BufferingSyncWorker,
+    Complete,
+    Reject,
+    RequestBuffer,
+    gunicorn_error_status,
+    json_error,
+)
 
 LIMIT = 1000
 
@@ -24,7 +32,7 @@ LIMIT = 1000
 def feed(raw: bytes, *, bytewise: bool = False, max_body: int = LIMIT):
     buf = RequestBuffer(max_body)
     result = None
-    for part in ([raw[i:i + 1] for i in range(len(raw))] if bytewise else [raw]):
+    for part in [raw[i : i + 1] for i in range(len(raw))] if bytewise else [raw]:
         result = buf.feed(part)
         if result is not None:
             break
@@ -41,7 +49,7 @@ def test_headers_only_request_ends_at_the_blank_line(bytewise):
     raw = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
     buf, result = feed(raw + b"GET /next HTTP/1.1\r\n\r\n", bytewise=bytewise)
     assert result == Complete(len(raw)) and buf.headers_complete
-    assert buf.data[:result.end] == raw  # a pipelined request after it is left out
+    assert buf.data[: result.end] == raw  # a pipelined request after it is left out
 
 
 def test_incomplete_head_waits_and_says_what_arrived():
@@ -71,7 +79,7 @@ def test_content_length_zero_is_complete_at_the_blank_line():
 
 @pytest.mark.parametrize("value", ["-1", "+5", "1e3", "0x10", "5 5", "5,5", "", "١٢"])
 def test_invalid_content_length_is_400(value):
-    result = feed(post(b"", f"Content-Length: {value}".encode("utf-8").decode("latin-1")))[1]
+    result = feed(post(b"", f"Content-Length: {value}".encode().decode("latin-1")))[1]
     assert isinstance(result, Reject) and result.status == 400 and "Content-Length" in result.message
 
 
@@ -117,21 +125,25 @@ def test_chunked_without_its_last_chunk_waits():
     assert "chunked body without its last chunk, 10 bytes" in buf.timeout_message(2)
 
 
-@pytest.mark.parametrize("body,what", [
-    (b"zz\r\nxx\r\n0\r\n\r\n", "invalid chunk size"),
-    (b"\r\n0\r\n\r\n", "invalid chunk size"),
-    (b"-1\r\nx\r\n0\r\n\r\n", "invalid chunk size"),
-    (b"2\r\nxxx\r\n0\r\n\r\n", "not followed by CRLF"),
-    (b"1;a\rb\r\nx\r\n0\r\n\r\n", "bare CR"),
-    (b"1" * (5000), "chunk size line longer"),
-])
+@pytest.mark.parametrize(
+    "body,what",
+    [
+        (b"zz\r\nxx\r\n0\r\n\r\n", "invalid chunk size"),
+        (b"\r\n0\r\n\r\n", "invalid chunk size"),
+        (b"-1\r\nx\r\n0\r\n\r\n", "invalid chunk size"),
+        (b"2\r\nxxx\r\n0\r\n\r\n", "not followed by CRLF"),
+        (b"1;a\rb\r\nx\r\n0\r\n\r\n", "bare CR"),
+        (b"1" * (5000), "chunk size line longer"),
+    ],
+)
 def test_malformed_chunked_body_is_400(body, what):
     result = feed(post(body, "Transfer-Encoding: chunked"))[1]
     assert isinstance(result, Reject) and result.status == 400 and what in result.message, result
 
 
-@pytest.mark.parametrize("te,status", [("chunked, gzip", 400), ("chunked, chunked", 400), ("gzip", 400),
-                                       ("foo, chunked", 501)])
+@pytest.mark.parametrize(
+    "te,status", [("chunked, gzip", 400), ("chunked, chunked", 400), ("gzip", 400), ("foo, chunked", 501)]
+)
 def test_transfer_encodings_not_ending_in_one_chunked(te, status):
     result = feed(post(b"0\r\n\r\n", f"Transfer-Encoding: {te}"))[1]
     assert isinstance(result, Reject) and result.status == status
@@ -204,12 +216,19 @@ def test_json_error_is_a_complete_closing_response():
     assert f"Content-Length: {len(body)}" in lines and json.loads(body) == {"error": 'late "client"'}
 
 
-@pytest.mark.parametrize("exc,status", [
-    (gerrors.InvalidRequestLine("xx"), 400), (gerrors.InvalidHeader("X"), 400),
-    (gerrors.InvalidHeaderName("X Y"), 400), (gerrors.LimitRequestLine(9000, 4094), 400),
-    (gerrors.LimitRequestHeaders("too many"), 431), (gerrors.ExpectationFailed("x"), 417),
-    (gerrors.UnsupportedTransferCoding("br"), 501), (gerrors.InvalidHTTPVersion("HTTP/9"), 400),
-])
+@pytest.mark.parametrize(
+    "exc,status",
+    [
+        (gerrors.InvalidRequestLine("xx"), 400),
+        (gerrors.InvalidHeader("X"), 400),
+        (gerrors.InvalidHeaderName("X Y"), 400),
+        (gerrors.LimitRequestLine(9000, 4094), 400),
+        (gerrors.LimitRequestHeaders("too many"), 431),
+        (gerrors.ExpectationFailed("x"), 417),
+        (gerrors.UnsupportedTransferCoding("br"), 501),
+        (gerrors.InvalidHTTPVersion("HTTP/9"), 400),
+    ],
+)
 def test_gunicorn_parse_errors_keep_gunicorns_status(exc, status):
     got, message = gunicorn_error_status(exc)
     assert got == status and message
@@ -217,6 +236,7 @@ def test_gunicorn_parse_errors_keep_gunicorns_status(exc, status):
 
 
 # -- the worker loop in this process (a trivial WSGI app, no gunicorn master): the bounds ---------------
+
 
 class RunningWorker:
     """A BufferingSyncWorker on a loopback listener, run() in a thread; stopped as gunicorn's SIGTERM does."""

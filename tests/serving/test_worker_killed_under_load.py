@@ -2,6 +2,7 @@
 8 clients keep /predict busy on a real gunicorn (2 buffering workers), one worker gets SIGKILL in the
 middle. At most the requests that worker held fail, gunicorn boots a replacement that answers, and
 every answered prediction is in the drift window."""
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,8 @@ def highest_window_row(state_dir) -> int:
 
 
 def test_a_worker_killed_under_load_costs_at_most_its_requests_and_loses_no_answered_row(
-        tmp_path, mlflow_server, model_name, champion):
+    tmp_path, mlflow_server, model_name, champion
+):
     srv = start_gunicorn(tmp_path, model_name, mlflow_server, workers=2)
     try:
         first_row = highest_window_row(tmp_path)
@@ -40,8 +42,9 @@ def test_a_worker_killed_under_load_costs_at_most_its_requests_and_loses_no_answ
             with requests.Session() as session:
                 while time.monotonic() < stop_at:
                     try:
-                        resp = session.post(srv.url + "/predict", data=PREDICT, timeout=10,
-                                            headers={"Content-Type": "application/json"})
+                        resp = session.post(
+                            srv.url + "/predict", data=PREDICT, timeout=10, headers={"Content-Type": "application/json"}
+                        )
                     except requests.RequestException as exc:
                         with lock:
                             failed.append(repr(exc))

@@ -1,4 +1,5 @@
 """Secrets and endpoint files of the embedded stack."""
+
 import stat
 
 from stack.config import StackConfig, load_or_create_secrets, read_env_file, write_secret_file

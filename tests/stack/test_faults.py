@@ -3,6 +3,7 @@ status` names the dead part (not "running" because orphans keep its process grou
 and `make run` stops what is left of that part, starts it alone and leaves the other parts (their
 pids) and the serving state (the drift window) as they were. Each test leaves the shared stack
 healthy (test_lifecycle.py, which sorts after this module, stops it)."""
+
 from __future__ import annotations
 
 import os
@@ -98,8 +99,9 @@ def test_a_killed_airflow_component_is_seen_dead_and_healed_alone(stack, name):
     # the restarted component has a heartbeat of its own (not the dead job's, fresh for another 30 s)
     assert "airflow: all components healthy" in run
     health = requests.get(f"{stack.endpoints['AIRFLOW_URL']}/api/v2/monitor/health", timeout=30).json()
-    assert {part: health[part]["status"] for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")} \
-        == dict.fromkeys(("metadatabase", "scheduler", "triggerer", "dag_processor"), "healthy"), health
+    assert {
+        part: health[part]["status"] for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")
+    } == dict.fromkeys(("metadatabase", "scheduler", "triggerer", "dag_processor"), "healthy"), health
 
 
 @pytest.mark.timeout(1200)
@@ -119,8 +121,11 @@ def test_a_killed_gunicorn_master_restarts_serving_alone_and_keeps_the_drift_win
 
     assert all(not psutil.pid_exists(w) or psutil.Process(w).status() == psutil.STATUS_ZOMBIE for w in workers)
     after = requests.get(f"{serving}/drift/status", timeout=30).json()
-    assert (after["samples"], after["window_started_at"], after["model_version"]) == \
-        (window["samples"], window["window_started_at"], window["model_version"]), (window, after)
+    assert (after["samples"], after["window_started_at"], after["model_version"]) == (
+        window["samples"],
+        window["window_started_at"],
+        window["model_version"],
+    ), (window, after)
     resp = requests.post(f"{serving}/predict", json={"instances": rows}, timeout=30)
     assert resp.status_code == 200, resp.text[:300]
     assert requests.get(f"{serving}/health", timeout=30).json()["status"] == "ok"
@@ -131,22 +136,34 @@ def test_a_hung_dag_processor_with_a_stale_heartbeat_is_restarted(stack):
     """SIGSTOP: the leader lives but sends no heartbeat. Airflow counts it as dead after 30 s, so
     status does too, and `make run` restarts it (a component younger than HEARTBEAT_GRACE is given
     time for its first heartbeat instead)."""
-    from stack.manager import HEARTBEAT_GRACE
+    from stack.heal import HEARTBEAT_GRACE
 
     name = "airflow-dag-processor"
     before = leaders(stack.root)
     leader = before[name]
     airflow = stack.endpoints["AIRFLOW_URL"]
-    wait_until(lambda: time.time() - psutil.Process(leader).create_time() > HEARTBEAT_GRACE, HEARTBEAT_GRACE,
-               "the dag-processor to be older than HEARTBEAT_GRACE")
+    wait_until(
+        lambda: time.time() - psutil.Process(leader).create_time() > HEARTBEAT_GRACE,
+        HEARTBEAT_GRACE,
+        "the dag-processor to be older than HEARTBEAT_GRACE",
+    )
     os.kill(leader, signal.SIGSTOP)
     try:
-        wait_until(lambda: requests.get(f"{airflow}/api/v2/monitor/health", timeout=30).json()["dag_processor"]["status"]
-                   == "unhealthy", 120, "Airflow to count the stopped dag-processor as unhealthy")
+
+        def dag_processor_status() -> str:
+            return requests.get(f"{airflow}/api/v2/monitor/health", timeout=30).json()["dag_processor"]["status"]
+
+        wait_until(
+            lambda: dag_processor_status() == "unhealthy",
+            120,
+            "Airflow to count the stopped dag-processor as unhealthy",
+        )
         status = stack.cmd("status", timeout=120)
         assert status.returncode == 1, status.stdout
-        assert re.search(r"running, NOT healthy \(Airflow says unhealthy, last heartbeat \d+s ago\)",
-                         status_lines(status.stdout)[name]), status.stdout
+        assert re.search(
+            r"running, NOT healthy \(Airflow says unhealthy, last heartbeat \d+s ago\)",
+            status_lines(status.stdout)[name],
+        ), status.stdout
 
         t0 = time.monotonic()
         run = stack.cmd("run", timeout=900)
@@ -183,8 +200,10 @@ def test_serving_started_while_mlflow_is_down_serves_the_local_copy_of_its_versi
             assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
             assert "Traceback" not in run.stdout + run.stderr
             assert f"MLflow at http://127.0.0.1:{env['MLFLOW_PORT']} is not reachable" in run.stdout
-            assert f"serving starts on version {version} of iris-model, which it served before, from its local copy" \
+            assert (
+                f"serving starts on version {version} of iris-model, which it served before, from its local copy"
                 in run.stdout
+            )
             assert requests.get(f"{serving}/model/info", timeout=30).json()["version"] == version
             resp = requests.post(f"{serving}/predict", json={"instances": [[5.1, 3.5, 1.4, 0.2]]}, timeout=30)
             assert resp.status_code == 200, resp.text[:300]

@@ -1,5 +1,6 @@
 """The embedded stack as a user drives it: `make run`, `make status`, `make e2e`, `make stop`,
 on free ports in a temporary state directory; plus the failure modes a user meets."""
+
 import socket
 import subprocess
 

@@ -1,4 +1,5 @@
 """Reading and checking training data, apart from KFP."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -28,14 +29,17 @@ def test_any_csv_or_parquet_with_a_label_column(tmp_path):
         assert list(loaded.columns) == [f"f{i}" for i in range(13)] + ["kind"]
 
 
-@pytest.mark.parametrize("content, label, message", [
-    ("a,b\n1,2\n", "target", "no label column 'target'"),
-    ("a,target\n" + "x,0\n" * 5 + "1,1\n" * 6, "target", "non-numeric feature columns: 'a'"),
-    ("a,target\n" + "1,0\n" * 12, "target", "has 1 class(es); at least 2"),
-    ("a,target\n" + "1,0\n,1\n" * 6, "target", "missing or infinite values in feature columns ['a']"),
-    ("target\n0\n1\n", "target", "no feature columns"),
-    ("a,target\n1,0\n2,1\n", "target", "2 rows; at least 10"),
-])
+@pytest.mark.parametrize(
+    "content, label, message",
+    [
+        ("a,b\n1,2\n", "target", "no label column 'target'"),
+        ("a,target\n" + "x,0\n" * 5 + "1,1\n" * 6, "target", "non-numeric feature columns: 'a'"),
+        ("a,target\n" + "1,0\n" * 12, "target", "has 1 class(es); at least 2"),
+        ("a,target\n" + "1,0\n,1\n" * 6, "target", "missing or infinite values in feature columns ['a']"),
+        ("target\n0\n1\n", "target", "no feature columns"),
+        ("a,target\n1,0\n2,1\n", "target", "2 rows; at least 10"),
+    ],
+)
 def test_bad_tables_are_named(tmp_path, content, label, message):
     path = tmp_path / "bad.csv"
     path.write_text(content)

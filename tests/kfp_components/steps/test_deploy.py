@@ -1,13 +1,20 @@
 """Deploy targets: argument checks and the rollout test here; deploy_target=kubernetes against the real
 `kubernetes` client and a stand-in API server in test_deploy_kubernetes.py."""
+
 import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from kubernetes.client import (V1Deployment, V1DeploymentSpec, V1DeploymentStatus, V1LabelSelector, V1ObjectMeta,
-                               V1PodTemplateSpec)
+from kubernetes.client import (
+    V1Deployment,
+    V1DeploymentSpec,
+    V1DeploymentStatus,
+    V1LabelSelector,
+    V1ObjectMeta,
+    V1PodTemplateSpec,
+)
 
 from kfp_components.steps import deploy as deploy_module
 from kfp_components.steps.deploy import deploy, rollout_complete
@@ -42,6 +49,7 @@ def test_local_unreachable_serving_app(monkeypatch):
 
 class _WarmingUpApp(BaseHTTPRequestHandler):
     """A serving app whose pods are not ready yet: 503 for the first reloads, then it serves v7."""
+
     reloads = 0
 
     def log_message(self, *args):
@@ -85,11 +93,15 @@ def test_reload_waits_for_a_serving_app_that_is_not_ready_yet(monkeypatch):
 
 
 def _deployment(generation, observed, replicas, updated, available):
-    return V1Deployment(metadata=V1ObjectMeta(generation=generation),
-                        spec=V1DeploymentSpec(replicas=replicas, selector=V1LabelSelector(match_labels={"app": "ml-api"}),
-                                                          template=V1PodTemplateSpec()),
-                        status=V1DeploymentStatus(observed_generation=observed, replicas=replicas,
-                                                  updated_replicas=updated, available_replicas=available))
+    return V1Deployment(
+        metadata=V1ObjectMeta(generation=generation),
+        spec=V1DeploymentSpec(
+            replicas=replicas, selector=V1LabelSelector(match_labels={"app": "ml-api"}), template=V1PodTemplateSpec()
+        ),
+        status=V1DeploymentStatus(
+            observed_generation=observed, replicas=replicas, updated_replicas=updated, available_replicas=available
+        ),
+    )
 
 
 def test_rollout_status_like_kubectl():

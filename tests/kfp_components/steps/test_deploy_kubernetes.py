@@ -2,9 +2,11 @@
 points at a stand-in API server (tests/kfp_components/fake_kube.py): check the Deployment, reload the
 serving app (the stand-in, or the real app under gunicorn), then patch the pod template and wait for
 the rollout."""
+
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import socket
 import uuid
 
@@ -58,8 +60,16 @@ def serving(monkeypatch, events):
 
 
 def _deploy(serving, **kw):
-    return deploy("kubernetes", "m", "2", serving_url=serving.url, namespace=kw.pop("namespace", "mlops"),
-                  deployment=kw.pop("deployment", "ml-api"), timeout=10, rollout_timeout=kw.pop("rollout_timeout", 10))
+    return deploy(
+        "kubernetes",
+        "m",
+        "2",
+        serving_url=serving.url,
+        namespace=kw.pop("namespace", "mlops"),
+        deployment=kw.pop("deployment", "ml-api"),
+        timeout=10,
+        rollout_timeout=kw.pop("rollout_timeout", 10),
+    )
 
 
 def test_stand_in_deployment_is_a_valid_api_object():
@@ -68,9 +78,10 @@ def test_stand_in_deployment_is_a_valid_api_object():
     kubernetes_validate.validate(deployment_object(containers=("app", "sidecar"), replicas=3), "1.35.0", strict=True)
 
 
-def test_reload_then_patch_then_rollout(kube, serving, events, capsys):
+def test_reload_then_patch_then_rollout(kube, serving, events, caplog):
+    caplog.set_level(logging.INFO, logger="kfp_components.steps.deploy")
     api = kube()
-    before = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    before = dt.datetime.now(dt.UTC).replace(microsecond=0)
     assert _deploy(serving) == "deployed"
     # preflight GET, then the reload, then the patch, then GETs until the rollout is complete
     assert events[0] == ("k8s", "GET") and events[1] == ("serving", "POST /model/reload")
@@ -81,7 +92,7 @@ def test_reload_then_patch_then_rollout(kube, serving, events, capsys):
     annotations = body["spec"]["template"]["metadata"]["annotations"]
     assert annotations["driftloop.io/model"] == "m:2"
     restarted = dt.datetime.strptime(annotations["kubectl.kubernetes.io/restartedAt"], "%Y-%m-%dT%H:%M:%SZ")
-    assert before <= restarted.replace(tzinfo=dt.timezone.utc) <= dt.datetime.now(dt.timezone.utc)
+    assert before <= restarted.replace(tzinfo=dt.UTC) <= dt.datetime.now(dt.UTC)
     assert body["metadata"]["annotations"] == {"kubernetes.io/change-cause": "driftloop deploy m:2"}
     dep = api.deployments[("mlops", "ml-api")]
     assert dep["metadata"]["generation"] == 2 and dep["status"]["observedGeneration"] == 2
@@ -89,7 +100,7 @@ def test_reload_then_patch_then_rollout(kube, serving, events, capsys):
     assert dep["metadata"]["annotations"]["kubernetes.io/change-cause"] == "driftloop deploy m:2"
     assert dep["spec"]["template"]["metadata"]["labels"]  # the merge kept the rest of the template
     assert serving.served == "2"
-    assert "Deployment mlops/ml-api rolled out m:2 (2 of 2 replicas updated, 2 available" in capsys.readouterr().out
+    assert "Deployment mlops/ml-api rolled out m:2 (2 of 2 replicas updated, 2 available" in caplog.text
 
 
 def test_forbidden_patch_names_the_verb_and_resource(kube, serving, events):
@@ -98,8 +109,7 @@ def test_forbidden_patch_names_the_verb_and_resource(kube, serving, events):
         _deploy(serving)
     message = str(err.value)
     assert "deployment mlops/ml-api: the Kubernetes API refused to patch it (HTTP 403 Forbidden)" in message
-    assert ("lacks the RBAC verb 'patch' on resource 'deployments' (API group 'apps') in namespace mlops"
-            in message)
+    assert "lacks the RBAC verb 'patch' on resource 'deployments' (API group 'apps') in namespace mlops" in message
     assert 'User "system:serviceaccount:kubeflow:pipeline-runner" cannot patch resource "deployments"' in message
     assert "already serves m version 2 (reloaded)" in message
     assert ("serving", "POST /model/reload") in events
@@ -114,17 +124,23 @@ def test_forbidden_get_fails_before_the_reload(kube, serving, events):
 
 def test_missing_deployment(kube, serving, events):
     kube()
-    with pytest.raises(StepError, match=r"deployment mlops/ml-apx not found \(HTTP 404 on get\): check the pipeline "
-                                        r"parameters k8s_namespace and k8s_deployment.*"
-                                        r'API said: deployments.apps "ml-apx" not found'):
+    with pytest.raises(
+        StepError,
+        match=r"deployment mlops/ml-apx not found \(HTTP 404 on get\): check the pipeline "
+        r"parameters k8s_namespace and k8s_deployment.*"
+        r'API said: deployments.apps "ml-apx" not found',
+    ):
         _deploy(serving, deployment="ml-apx")
     assert events == [("k8s", "GET")] and serving.served == "1"
 
 
 def test_deployment_without_the_serving_container(kube, serving, events):
     api = kube(deployments=[deployment_object(containers=("app", "sidecar"))])
-    with pytest.raises(StepError, match=r"deployment mlops/ml-api has no container named 'serving' "
-                                        r"\(containers: app, sidecar\)"):
+    with pytest.raises(
+        StepError,
+        match=r"deployment mlops/ml-api has no container named 'serving' "
+        r"\(containers: app, sidecar\)",
+    ):
         _deploy(serving)
     assert [r[0] for r in api.requests] == ["GET"] and serving.served == "1"
 
@@ -187,8 +203,11 @@ def test_real_serving_app_moves_before_the_pods_restart(mlflow_server, kube, tmp
         v2 = log_like_pipeline(mlflow_server, name, X, y, random_state=7, run_tag=f"{name}-v2")  # alias -> v2
         assert str(srv.get("/model/info").json()["version"]) == v1.version  # the served record, not the alias
         served_at_patch = []
-        api = kube(on_patch=lambda dep: served_at_patch.append(
-            str(requests.get(srv.url + "/model/info", timeout=10).json()["version"])))
+        api = kube(
+            on_patch=lambda dep: served_at_patch.append(
+                str(requests.get(srv.url + "/model/info", timeout=10).json()["version"])
+            )
+        )
         monkeypatch.setenv("SERVING_ADMIN_TOKEN", ADMIN_TOKEN)
         assert deploy("kubernetes", name, v2.version, serving_url=srv.url, timeout=60, rollout_timeout=10) == "deployed"
         assert served_at_patch == [v2.version]

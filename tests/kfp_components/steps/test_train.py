@@ -1,4 +1,5 @@
 """Training helpers apart from MLflow: the held-out splits, the estimator, the ONNX copy."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -62,9 +63,11 @@ def test_feedback_never_enters_the_trusted_holdout():
     assert set(_rows(trusted)) <= set(_rows(parts.feedback_holdout))
     assert not set(_rows(trusted)) & set(_rows(parts.train))
     # the same feedback is split the same way on every retrain, also when more arrives
-    more = pd.concat([feedback, pd.DataFrame(setosa_like(50, seed=1), columns=iris.columns[:4]).assign(target=0)],
-                     ignore_index=True)
-    assert set(_rows(parts.feedback_holdout)) <= set(_rows(split_with_feedback(iris, more, "target", cfg).feedback_holdout))
+    more = pd.concat(
+        [feedback, pd.DataFrame(setosa_like(50, seed=1), columns=iris.columns[:4]).assign(target=0)], ignore_index=True
+    )
+    more_parts = split_with_feedback(iris, more, "target", cfg)
+    assert set(_rows(parts.feedback_holdout)) <= set(_rows(more_parts.feedback_holdout))
 
 
 def test_feedback_read_back_from_csv_hashes_like_the_data_set(tmp_path):

@@ -1,4 +1,5 @@
 """The validation rule, apart from MLflow, then against a real MLflow server: labels cannot buy a promotion."""
+
 import json
 import uuid
 
@@ -35,28 +36,41 @@ def test_min_accuracy_above_one_rejects_everything(accuracy):
 
 
 def test_winning_on_feedback_does_not_make_up_for_the_trusted_rows():
-    poisoned = decide(0.74, 0.0, 0.90, champion_version="1", candidate_feedback_accuracy=0.96,
-                      champion_feedback_accuracy=0.0)
+    poisoned = decide(
+        0.74, 0.0, 0.90, champion_version="1", candidate_feedback_accuracy=0.96, champion_feedback_accuracy=0.0
+    )
     assert not poisoned.accepted
     assert "worse than champion version 1 (0.9000, tolerance 0.0000) on the trusted held-out rows" in poisoned.reason
     assert "on the held-out feedback rows it scores 0.9600, the champion 0.0000" in poisoned.reason
 
 
 def test_held_out_feedback_rows_must_not_get_worse():
-    worse = decide(0.95, 0.9, 0.95, champion_version="2", candidate_feedback_accuracy=0.70,
-                   champion_feedback_accuracy=0.80)
-    assert not worse.accepted and "worse than champion version 2 (0.8000, tolerance 0.0000) on the held-out feedback rows" in worse.reason
+    worse = decide(
+        0.95, 0.9, 0.95, champion_version="2", candidate_feedback_accuracy=0.70, champion_feedback_accuracy=0.80
+    )
+    assert not worse.accepted
+    assert "worse than champion version 2 (0.8000, tolerance 0.0000) on the held-out feedback rows" in worse.reason
     # a tie passes: after an honest shift the champion may already be right on the new rows
-    assert decide(0.95, 0.9, 0.95, champion_version="2", candidate_feedback_accuracy=1.0,
-                  champion_feedback_accuracy=1.0).accepted
-    assert decide(0.95, 0.9, 0.95, champion_version="2", candidate_feedback_accuracy=0.75,
-                  champion_feedback_accuracy=0.80, tolerance=0.05).accepted
+    assert decide(
+        0.95, 0.9, 0.95, champion_version="2", candidate_feedback_accuracy=1.0, champion_feedback_accuracy=1.0
+    ).accepted
+    assert decide(
+        0.95,
+        0.9,
+        0.95,
+        champion_version="2",
+        candidate_feedback_accuracy=0.75,
+        champion_feedback_accuracy=0.80,
+        tolerance=0.05,
+    ).accepted
     # without a champion there is nothing to compare the feedback rows with
     assert decide(0.95, 0.9, None, candidate_feedback_accuracy=0.1).accepted
 
 
 def test_every_failed_rule_is_named():
-    both = decide(0.70, 0.9, 0.90, champion_version="4", candidate_feedback_accuracy=0.5, champion_feedback_accuracy=0.6)
+    both = decide(
+        0.70, 0.9, 0.90, champion_version="4", candidate_feedback_accuracy=0.5, champion_feedback_accuracy=0.6
+    )
     assert "below min_accuracy 0.9000" in both.reason
     assert "on the trusted held-out rows" in both.reason and "on the held-out feedback rows" in both.reason
 
@@ -74,8 +88,8 @@ def iris_champion(mlflow_server):
     name = f"validate-{uuid.uuid4().hex[:8]}"
     data = load_training_data("")
     result = train_and_log(data.base, "target", mlflow_server, "retrain", TrainConfig(), run_tag=f"{name}-first")
-    assert validate_candidate(result.run_id, result.holdout, "target", mlflow_server, name, 0.9).accepted
-    assert register_candidate(result.run_id, mlflow_server, name) == "1"
+    assert validate_candidate(result.mlflow_run_id, result.holdout, "target", mlflow_server, name, 0.9).accepted
+    assert register_candidate(result.mlflow_run_id, mlflow_server, name) == "1"
     return name
 
 
@@ -85,17 +99,25 @@ def _retrain_with_feedback(mlflow_server, model_name, url, run_tag):
     from kfp_components.steps.validate import validate_candidate
 
     data = load_training_data("", feedback_url=url, token=TOKEN)
-    result = train_and_log(data.base, "target", mlflow_server, "retrain", TrainConfig(), run_tag=run_tag,
-                           feedback=data.feedback)
-    decision = validate_candidate(result.run_id, result.holdout, "target", mlflow_server, model_name, 0.9,
-                                  feedback_holdout=result.feedback_holdout)
+    result = train_and_log(
+        data.base, "target", mlflow_server, "retrain", TrainConfig(), run_tag=run_tag, feedback=data.feedback
+    )
+    decision = validate_candidate(
+        result.mlflow_run_id,
+        result.holdout,
+        "target",
+        mlflow_server,
+        model_name,
+        0.9,
+        feedback_holdout=result.feedback_holdout,
+    )
     return result, decision
 
 
-def _load(mlflow_client, run_id):
+def _load(mlflow_client, mlflow_run_id):
     import mlflow
 
-    return mlflow.sklearn.load_model(mlflow_client.get_run(run_id).data.tags["model_uri"])
+    return mlflow.sklearn.load_model(mlflow_client.get_run(mlflow_run_id).data.tags["model_uri"])
 
 
 def _accuracy(model, frame):
@@ -109,7 +131,7 @@ def test_poisoned_feedback_cannot_buy_a_promotion(mlflow_server, mlflow_client, 
     url = feedback_export.serve(setosa_like(500), [2] * 500)
     result, decision = _retrain_with_feedback(mlflow_server, iris_champion, url, f"{iris_champion}-poisoned")
 
-    candidate = _load(mlflow_client, result.run_id)
+    candidate = _load(mlflow_client, result.mlflow_run_id)
     champion = mlflow.sklearn.load_model(f"models:/{iris_champion}/1")
     fresh_setosa = pd.DataFrame(setosa_like(200, seed=99), columns=FEATURES)
     assert (candidate.predict(fresh_setosa) == 2).mean() > 0.9  # the poison took
@@ -121,12 +143,13 @@ def test_poisoned_feedback_cannot_buy_a_promotion(mlflow_server, mlflow_client, 
 
     assert not decision.accepted
     assert "worse than champion version 1" in decision.reason and "on the trusted held-out rows" in decision.reason
-    run = mlflow_client.get_run(result.run_id)
+    run = mlflow_client.get_run(result.mlflow_run_id)
     assert run.data.tags["validation_decision"] == "rejected"
     assert run.data.tags["validation_reason"] == decision.reason
     scores = json.loads(run.data.tags["validation_scores"])
     assert scores["champion_version"] == "1"
-    assert scores["trusted"]["rows"] == len(result.holdout) and scores["feedback"]["rows"] == len(result.feedback_holdout)
+    assert scores["trusted"]["rows"] == len(result.holdout)
+    assert scores["feedback"]["rows"] == len(result.feedback_holdout)
     assert scores["trusted"]["candidate"] < scores["trusted"]["champion"]
     assert scores["feedback"]["candidate"] > 0.9 and scores["feedback"]["champion"] < 0.1
     metrics = run.data.metrics
@@ -150,7 +173,9 @@ def _new_region(champion):
 
 
 @pytest.mark.parametrize("feedback", [_honest_shift, _new_region], ids=["shift-true-labels", "e2e-new-region"])
-def test_honest_feedback_gets_a_retrain_accepted(mlflow_server, mlflow_client, iris_champion, feedback_export, feedback):
+def test_honest_feedback_gets_a_retrain_accepted(
+    mlflow_server, mlflow_client, iris_champion, feedback_export, feedback
+):
     """The loop settles: a retrain on honest labels of shifted traffic still passes the gate."""
     import mlflow
 
@@ -162,13 +187,15 @@ def test_honest_feedback_gets_a_retrain_accepted(mlflow_server, mlflow_client, i
     assert len(result.feedback_holdout) > 5
     assert decision.candidate_accuracy >= decision.champion_accuracy
     assert decision.candidate_feedback_accuracy > decision.champion_feedback_accuracy
-    run = mlflow_client.get_run(result.run_id)
+    run = mlflow_client.get_run(result.mlflow_run_id)
     assert run.data.tags["validation_decision"] == "accepted"
     scores = json.loads(run.data.tags["validation_scores"])
     assert scores["feedback"]["candidate"] == pytest.approx(decision.candidate_feedback_accuracy)
     assert np.isclose(run.data.metrics["feedback_accuracy"], decision.candidate_feedback_accuracy)
     # the drift reference (training features) holds the feedback's training rows, and no other column
-    reference = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="drift/reference.csv"))
+    reference = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=result.mlflow_run_id, artifact_path="drift/reference.csv")
+    )
     assert list(reference.columns) == FEATURES
     assert len(reference) == int(run.data.params["train_rows"])
     assert int(run.data.params["feedback_train_rows"]) + int(run.data.params["feedback_holdout_rows"]) == len(rows)

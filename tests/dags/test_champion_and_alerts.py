@@ -1,4 +1,6 @@
-"""After the run: the outcome decides what 'confirmed' means; failures log one ALERT line."""
+"""The DAG's own pieces (driftloop.retrain): after the run, the outcome decides what 'confirmed' means;
+failures log one ALERT line."""
+
 from __future__ import annotations
 
 import logging
@@ -8,11 +10,14 @@ import types
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from airflow_kfp_provider.alerts import alert_text, failure_alert
-from airflow_kfp_provider.champion import confirm_champion
+from driftloop.retrain.alerts import alert_text, failure_alert
+from driftloop.retrain.champion import confirm_champion
 
-ACCEPTED = {"display_name": "r1", "run_id": "k1",
-            "outputs": {"outcome": {"decision": "accepted", "registered_version": "7", "reason": "ok", "run_id": "m1"}}}
+ACCEPTED = {
+    "display_name": "r1",
+    "run_id": "k1",
+    "outputs": {"outcome": {"decision": "accepted", "registered_version": "7", "reason": "ok", "mlflow_run_id": "m1"}},
+}
 
 
 def test_accepted_and_served(serving):
@@ -30,8 +35,15 @@ def test_accepted_but_serving_stays_on_the_old_version(serving):
 def test_rejected_is_a_success_with_the_reason(serving):
     run = {"display_name": "r1", "outputs": {"outcome": {"decision": "rejected", "reason": "accuracy 0.5 < 0.9"}}}
     result = confirm_champion(run)
-    assert result == {"run_name": "r1", "kfp_run_id": None, "mlflow_run_id": None, "decision": "rejected",
-                      "reason": "accuracy 0.5 < 0.9", "registered_version": None, "served_version": None}
+    assert result == {
+        "run_name": "r1",
+        "kfp_run_id": None,
+        "mlflow_run_id": None,
+        "decision": "rejected",
+        "reason": "accuracy 0.5 < 0.9",
+        "registered_version": None,
+        "served_version": None,
+    }
     assert serving.requests == []
 
 
@@ -49,7 +61,7 @@ def test_outcome_from_mlflow_when_the_run_has_none(monkeypatch, serving):
     fake = types.ModuleType("kfp_components.outcome")
     fake.find_outcome = lambda uri, tag: calls.append((uri, tag)) or {"decision": "rejected", "reason": "worse"}
     monkeypatch.setitem(sys.modules, "kfp_components.outcome", fake)
-    result = confirm_champion({"display_name": "kfp-run-name", "outputs": {}}, mlflow_uri="http://m:5000")
+    result = confirm_champion({"display_name": "kfp-run-name", "outputs": {}}, mlflow_tracking_uri="http://m:5000")
     assert calls == [("http://m:5000", "kfp-run-name")] and result["decision"] == "rejected"
 
 
@@ -58,7 +70,7 @@ def test_unknown_outcome_fails(monkeypatch):
     fake.find_outcome = lambda uri, tag: {"decision": "unknown", "reason": "no MLflow run"}
     monkeypatch.setitem(sys.modules, "kfp_components.outcome", fake)
     with pytest.raises(AirflowFailException, match="cannot tell what pipeline run 'x' decided"):
-        confirm_champion({"display_name": "x", "outputs": {}}, mlflow_uri="http://m:5000")
+        confirm_champion({"display_name": "x", "outputs": {}}, mlflow_tracking_uri="http://m:5000")
 
 
 def test_missing_serving_connection(monkeypatch):
@@ -73,16 +85,17 @@ def test_alert_line_for_a_task_and_for_a_dag_run(caplog):
     assert text == "ALERT dag=drift_retrain task=submit_retrain run=manual__1 failed: KFP run x ended FAILED: boom"
     dag_run = types.SimpleNamespace(dag_id="drift_retrain", run_id="scheduled__2")
     assert alert_text({"dag_run": dag_run, "reason": "task_failure"}).startswith(
-        "ALERT dag=drift_retrain run=scheduled__2 dag run failed (task_failure)")
-    with caplog.at_level(logging.ERROR, logger="airflow_kfp_provider.alerts"):
+        "ALERT dag=drift_retrain run=scheduled__2 dag run failed (task_failure)"
+    )
+    with caplog.at_level(logging.ERROR, logger="driftloop.retrain.alerts"):
         failure_alert({"ti": ti, "exception": RuntimeError("x")})
     assert any(r.message.startswith("ALERT dag=drift_retrain task=submit_retrain") for r in caplog.records)
 
 
 def test_alert_webhook(monkeypatch):
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     import json
     import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from kfp_test_fixtures import set_conn
 

@@ -1,4 +1,5 @@
 """DriftStatusSensor reads GET /drift/status through the serving_default HTTP connection."""
+
 from __future__ import annotations
 
 from unittest import mock
@@ -6,9 +7,9 @@ from unittest import mock
 import pytest
 from airflow.sdk import PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-
-from airflow_kfp_provider.sensors.drift import DriftStatusSensor, summarize_drift
 from kfp_test_fixtures import free_port, set_conn
+
+from driftloop.retrain.drift import DriftStatusSensor, summarize_drift
 
 
 def sensor(**kwargs) -> DriftStatusSensor:
@@ -62,11 +63,14 @@ def test_missing_connection_says_how_to_define_it(monkeypatch):
         sensor().poke({})
 
 
-@pytest.mark.parametrize("status,body,needle", [
-    (503, {"error": "no model loaded"}, "answered 503"),
-    (200, "<html>hello</html>", "did not return a drift report"),
-    (200, {"status": "ok"}, "did not return a drift report"),
-])
+@pytest.mark.parametrize(
+    "status,body,needle",
+    [
+        (503, {"error": "no model loaded"}, "answered 503"),
+        (200, "<html>hello</html>", "did not return a drift report"),
+        (200, {"status": "ok"}, "did not return a drift report"),
+    ],
+)
 def test_answers_that_are_not_a_drift_report_fail(serving, status, body, needle):
     serving.drift, serving.drift_status = body, status
     with pytest.raises(AirflowFailException, match=needle):
@@ -74,7 +78,14 @@ def test_answers_that_are_not_a_drift_report_fail(serving, status, body, needle)
 
 
 def test_summary_names_the_drifted_features():
-    text = summarize_drift({"samples": 100, "correction": "bonferroni", "features": {
-        "petal_length": {"ks_stat": 0.6, "p_value": 0.0001, "drift": True},
-        "sepal_width": {"ks_stat": 0.1, "p_value": 0.7, "drift": False}}})
+    text = summarize_drift(
+        {
+            "samples": 100,
+            "correction": "bonferroni",
+            "features": {
+                "petal_length": {"ks_stat": 0.6, "p_value": 0.0001, "drift": True},
+                "sepal_width": {"ks_stat": 0.1, "p_value": 0.7, "drift": False},
+            },
+        }
+    )
     assert "petal_length (p=0.0001" in text and "sepal_width" not in text and "correction=bonferroni" in text

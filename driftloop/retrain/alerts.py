@@ -6,22 +6,26 @@ environment variable ``DRIFT_RETRAIN_ALERT_CONN_ID`` names an Airflow HTTP conne
 Teams incoming webhook, an Alertmanager/webhook relay, ...), the same text is POSTed there as
 ``{"text": "..."}``. The callback never raises: an alerting problem must not hide the original failure.
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
-log = logging.getLogger("airflow_kfp_provider.alerts")
+log = logging.getLogger(__name__)
 
 ALERT_CONN_ENV = "DRIFT_RETRAIN_ALERT_CONN_ID"
 
 
-def alert_text(context: dict[str, Any]) -> str:
+def alert_text(context: Mapping[str, Any]) -> str:
     """The alert line, for a task failure (context has ti + exception) or a DAG-run failure (reason)."""
     ti = context.get("ti") or context.get("task_instance")
     dag_run = context.get("dag_run")
-    dag_id = getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", None) or getattr(dag_run, "dag_id", "?")
+    dag_id = (
+        getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", None) or getattr(dag_run, "dag_id", "?")
+    )
     run_id = context.get("run_id") or getattr(ti, "run_id", None) or getattr(dag_run, "run_id", "?")
     if ti is not None and context.get("exception") is not None:
         error = " ".join(str(context["exception"]).split())[:800]
@@ -30,7 +34,7 @@ def alert_text(context: dict[str, Any]) -> str:
     return f"ALERT dag={dag_id} run={run_id} dag run failed ({reason}); see the failed task's ALERT line and log"
 
 
-def failure_alert(context: dict[str, Any]) -> None:
+def failure_alert(context: Mapping[str, Any]) -> None:
     try:
         text = alert_text(context)
     except Exception as exc:  # never let the callback fail

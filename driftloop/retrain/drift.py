@@ -10,18 +10,22 @@ e.g. ``AIRFLOW_CONN_SERVING_DEFAULT='http://127.0.0.1:8000'``).
 * serving unreachable -> a few pokes are retried (a restarting app), then the task fails saying which
   URL and how to fix it; an answer that is not a drift report fails at once.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException, AirflowSkipException
+
+from driftloop.contract import SERVING_CONN_ID
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-def summarize_drift(status: dict) -> str:
+def summarize_drift(status: dict[str, Any]) -> str:
     """One line for the log: which features drifted, with their p-values."""
     features = status.get("features") or {}
     drifted = [
@@ -52,7 +56,7 @@ class DriftStatusSensor(BaseSensorOperator):
     def __init__(
         self,
         *,
-        http_conn_id: str = "serving_default",
+        http_conn_id: str = SERVING_CONN_ID,
         endpoint: str = "/drift/status",
         skip_when_no_drift: bool = True,
         max_unreachable: int = 3,
@@ -71,17 +75,22 @@ class DriftStatusSensor(BaseSensorOperator):
         self._unreachable = 0
 
     def _fix_hint(self) -> str:
-        return (f"start the serving app (`make run`) or point connection {self.http_conn_id!r} at it, e.g. "
-                f"AIRFLOW_CONN_{self.http_conn_id.upper()}='http://127.0.0.1:8000'")
+        return (
+            f"start the serving app (`make run`) or point connection {self.http_conn_id!r} at it, e.g. "
+            f"AIRFLOW_CONN_{self.http_conn_id.upper()}='http://127.0.0.1:8000'"
+        )
 
-    def poke(self, context: "Context") -> bool | PokeReturnValue:
+    def poke(self, context: Context) -> bool | PokeReturnValue:
         import requests
         from airflow.providers.http.hooks.http import HttpHook
 
         hook = HttpHook(method="GET", http_conn_id=self.http_conn_id)
         try:
-            response = hook.run(self.endpoint, headers={"Accept": "application/json"},
-                                extra_options={"check_response": False, "timeout": self.request_timeout})
+            response = hook.run(
+                self.endpoint,
+                headers={"Accept": "application/json"},
+                extra_options={"check_response": False, "timeout": self.request_timeout},
+            )
         except AirflowNotFoundException:
             raise AirflowFailException(
                 f"Airflow connection {self.http_conn_id!r} (the serving app) is not defined: {self._fix_hint()}"
@@ -94,8 +103,9 @@ class DriftStatusSensor(BaseSensorOperator):
                     f"Serving app unreachable at {url} ({self._unreachable} tries; last error: "
                     f"{type(exc).__name__}: {exc}). Nothing was submitted. Fix: {self._fix_hint()}"
                 ) from None
-            self.log.warning("Serving app unreachable at %s (%d/%d): %s", url, self._unreachable,
-                             self.max_unreachable, exc)
+            self.log.warning(
+                "Serving app unreachable at %s (%d/%d): %s", url, self._unreachable, self.max_unreachable, exc
+            )
             return False
         self._unreachable = 0
         url = response.url
