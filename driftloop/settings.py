@@ -1,5 +1,9 @@
 """The one parser for settings given as text (environment variables, pipeline parameters, query
-strings, connection extras): every part accepts the same spellings and names what was wrong."""
+strings): every part accepts the same spellings and names what was wrong.
+
+The provider package (`airflow_kfp_provider.utils.parse_bool`) has its own copy because it is
+distributed on its own and imports nothing of this project; tests/test_settings.py holds the two to
+the same spellings and messages."""
 
 from __future__ import annotations
 
