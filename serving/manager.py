@@ -49,6 +49,31 @@ from serving.timestamps import iso_utc
 log = logging.getLogger(__name__)
 
 
+class OneThread:
+    """At most one live daemon thread running `target` in this process. The pid is remembered because
+    gunicorn forks workers: a thread object inherited from the master is not running in the worker."""
+
+    def __init__(self, name: str, target) -> None:
+        self.name, self.target = name, target
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def running(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive() and self._pid == os.getpid()
+
+    def start(self) -> None:
+        """Start the thread unless it runs already; returns at once."""
+        with self._lock:
+            if self.running:
+                return
+            self._thread = threading.Thread(target=self.target, name=self.name, daemon=True)
+            self._pid = os.getpid()
+            self._thread.start()
+
+
 @dataclass(frozen=True)
 class Active:
     model: LoadedModel
@@ -75,11 +100,8 @@ class ModelManager:
         self.registry_note: str | None = None
         self.registry_check_seconds = max(float(retry_seconds), 1.0)
         self._next_registry_check = 0.0
-        self._watcher: threading.Thread | None = None
-        self._watcher_pid: int | None = None
-        self._watch_lock = threading.Lock()
-        self._follower: threading.Thread | None = None
-        self._follower_pid: int | None = None
+        self._watcher = OneThread("registry-watch", self._watch)
+        self._follower = OneThread("follow-record", self._follow)
 
     # -- per request -----------------------------------------------------------------------------
     def sync(self, wait: bool = True) -> Active | None:
@@ -104,7 +126,7 @@ class ModelManager:
                 return self.active  # not ready or behind, and the next retry is not due yet
             if not wait:
                 self._store_ok()
-                self._follow_in_background()
+                self._follower.start()
                 return self.active
             with self._lock:
                 self._sync_locked()
@@ -146,16 +168,7 @@ class ModelManager:
     @property
     def following(self) -> bool:
         """A background follow of the served record (started by `sync(wait=False)`) is running."""
-        follower = self._follower
-        return follower is not None and follower.is_alive() and self._follower_pid == os.getpid()
-
-    def _follow_in_background(self) -> None:
-        with self._watch_lock:
-            if self.following:
-                return
-            self._follower = threading.Thread(target=self._follow, name="follow-record", daemon=True)
-            self._follower_pid = os.getpid()
-            self._follower.start()
+        return self._follower.running
 
     def _follow(self) -> None:
         try:
@@ -321,13 +334,7 @@ class ModelManager:
         active = self.active
         if not reload_failed and (active is None or active.model.source == REGISTRY):
             return
-        with self._watch_lock:
-            watcher = self._watcher
-            if watcher is not None and watcher.is_alive() and self._watcher_pid == os.getpid():
-                return
-            self._watcher = threading.Thread(target=self._watch, name="registry-watch", daemon=True)
-            self._watcher_pid = os.getpid()
-            self._watcher.start()
+        self._watcher.start()
 
     def _watch(self) -> None:
         while True:
