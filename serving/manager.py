@@ -53,7 +53,7 @@ class OneThread:
     """At most one live daemon thread running `target` in this process. The pid is remembered because
     gunicorn forks workers: a thread object inherited from the master is not running in the worker."""
 
-    def __init__(self, name: str, target) -> None:
+    def __init__(self, name: str, target: Callable[[], None]) -> None:
         self.name, self.target = name, target
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
