@@ -14,7 +14,6 @@ process importing mlflow and sklearn), so this module runs only with DRIFT_RETRA
 from __future__ import annotations
 
 import csv
-import json
 import os
 import random
 import secrets
@@ -42,21 +41,11 @@ SHIFTED = [7.1, 5.5, 3.4, 2.2]  # the seed's e2e drift sample
 
 
 def _http(method: str, url: str, body: dict | None = None, token: str | None = None) -> tuple[int, dict]:
-    import urllib.error
-    import urllib.request
+    import requests
 
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        url,
-        data=data,
-        method=method,
-        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    resp = requests.request(method, url, json=body, headers=headers, timeout=60)
+    return resp.status_code, (resp.json() if resp.content else {})
 
 
 def _iris_rows(n: int, seed: int = 3) -> list[list[float]]:
