@@ -96,7 +96,7 @@ def dag_parse_time(repeats: int = 5) -> dict:
 
 def stack_loop(state: Path) -> dict:
     """Start a whole embedded stack, trigger drift_retrain with force=true through the REST API and time
-    it until the serving app serves the new champion; peak RSS of all the stack's processes."""
+    it until the serving app serves the new champion; peak PSS of all the stack's processes."""
     from stack.e2e import Airflow
 
     root = state / "stack"
@@ -132,5 +132,5 @@ def stack_loop(state: Path) -> dict:
             result["stack_processes"] = len(stack_pids(root))
         finally:
             subprocess.run([*stack, "stop"], capture_output=True, text=True, cwd=REPO_ROOT, env=env)
-    result["stack_peak_rss_mb"] = round(memory.peak_mb, 0)
+    result["stack_peak_pss_mb"] = round(memory.peak_mb, 0)
     return result

@@ -15,14 +15,14 @@ def markdown(r: dict) -> str:
         out += [
             "### Serving (same champion, wrk, 16 connections, 2 workers)",
             "",
-            "| server | req/s | p50 ms | p99 ms | errors | peak RSS MB | vs mlflow serve |",
+            "| server | req/s | p50 ms | p99 ms | errors | peak PSS MB | vs mlflow serve |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for s in serving:
             ratio = _ratio(s["requests_per_s"], mlflow_row["requests_per_s"]) if mlflow_row else "n/a"
             out.append(
                 f"| {s['name']} | {s['requests_per_s']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | "
-                f"{s['errors']} | {s['peak_rss_mb']:.0f} | {ratio} |"
+                f"{s['errors']} | {s['peak_pss_mb']:.0f} | {ratio} |"
             )
         from bench.serving_bench import postgres_vs_sqlite
 
@@ -116,6 +116,6 @@ def markdown(r: dict) -> str:
         out.append(f"| `make run` (installed venv) → healthy | {stack['make_run_to_healthy_s']:.0f} s |")
     if "forced_trigger_to_new_champion_s" in stack:
         out.append(f"| forced DAG trigger → new champion served | {stack['forced_trigger_to_new_champion_s']:.0f} s |")
-    if "stack_peak_rss_mb" in stack:
-        out.append(f"| whole embedded stack, peak RSS | {stack['stack_peak_rss_mb']:.0f} MB |")
+    if "stack_peak_pss_mb" in stack:
+        out.append(f"| whole embedded stack, peak PSS | {stack['stack_peak_pss_mb']:.0f} MB |")
     return "\n".join(out) + "\n"

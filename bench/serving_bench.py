@@ -164,7 +164,7 @@ def _bench_one(spec: dict, state: Path, duration_s: int, connections: int, worke
             load = run_load(spec["name"], url + spec["path"], spec["body"], duration_s, connections)
         row = {
             **load.as_dict(),
-            "peak_rss_mb": round(memory.peak_mb, 1),
+            "peak_pss_mb": round(memory.peak_mb, 1),
             "workers": workers,
             "connections": connections,
             "duration_s": duration_s,
@@ -173,7 +173,7 @@ def _bench_one(spec: dict, state: Path, duration_s: int, connections: int, worke
             row["drift_window_samples_after"] = requests.get(url + "/drift/status", timeout=30).json()["samples"]
         print(
             f"  {spec['name']}: {load.requests_per_s:.0f} req/s, p50 {load.p50_ms:.2f} ms, "
-            f"p99 {load.p99_ms:.2f} ms, errors {load.errors}, peak RSS {memory.peak_mb:.0f} MB",
+            f"p99 {load.p99_ms:.2f} ms, errors {load.errors}, peak PSS {memory.peak_mb:.0f} MB",
             flush=True,
         )
         return row
