@@ -80,16 +80,16 @@ class Server:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def start_gunicorn(
+def launch_gunicorn(
     state_dir: Path,
     model_name: str,
     mlflow_tracking_uri: str,
     workers: int = 2,
     extra_env: dict | None = None,
-    wait_ready: bool = True,
-    timeout: float = 180.0,
+    app: str = "serving.app:create_app()",
 ) -> Server:
-    """`gunicorn -c serving/gunicorn.conf.py 'serving.app:create_app()'` on 127.0.0.1, as users start it."""
+    """`gunicorn -c serving/gunicorn.conf.py 'serving.app:create_app()'` on 127.0.0.1, as users start it;
+    not waited for (a test of a failing boot watches the process itself)."""
     port = free_port()
     env = {
         "MLFLOW_TRACKING_URI": mlflow_tracking_uri,
@@ -105,18 +105,30 @@ def start_gunicorn(
     }
     env.pop("GUNICORN_BIND", None)
     log_path = state_dir / f"gunicorn-{port}.log"
-    cmd = [str(REPO / ".venv" / "bin" / "gunicorn"), "-c", str(GUNICORN_CONF), "serving.app:create_app()"]
+    cmd = [str(REPO / ".venv" / "bin" / "gunicorn"), "-c", str(GUNICORN_CONF), app]
     if not Path(cmd[0]).exists():
         import sys
 
         cmd[0] = str(Path(sys.executable).with_name("gunicorn"))
     proc = start_process(cmd, log_path, env=env, cwd=REPO)
-    url = f"http://127.0.0.1:{port}"
-    server = Server(url, proc, env, log_path)
+    return Server(f"http://127.0.0.1:{port}", proc, env, log_path)
+
+
+def start_gunicorn(
+    state_dir: Path,
+    model_name: str,
+    mlflow_tracking_uri: str,
+    workers: int = 2,
+    extra_env: dict | None = None,
+    wait_ready: bool = True,
+    timeout: float = 180.0,
+) -> Server:
+    """launch_gunicorn, then wait until it answers /health (ready) or /health/live (wait_ready=False)."""
+    server = launch_gunicorn(state_dir, model_name, mlflow_tracking_uri, workers, extra_env)
     try:
-        wait_http_ok(url + ("/health" if wait_ready else "/health/live"), timeout=timeout, proc=proc)
+        wait_http_ok(server.url + ("/health" if wait_ready else "/health/live"), timeout=timeout, proc=server.proc)
     except Exception:
-        stop_group(proc.pid)
+        stop_group(server.proc.pid)
         raise RuntimeError(f"gunicorn did not come up:\n{server.log_text()[-4000:]}") from None
     return server
 

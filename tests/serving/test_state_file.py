@@ -21,8 +21,8 @@ import pytest
 
 from serving.store import FeedbackProvenance, SQLiteStore, StateFileError, open_store
 from serving.store.sqlite import check_state_file
-from stack.procs import free_port, port_in_use, start_process, stop_group
-from tests.serving.conftest import GUNICORN_CONF, REPO, start_gunicorn, stop_gunicorn
+from stack.procs import port_in_use, stop_group
+from tests.serving.conftest import launch_gunicorn, start_gunicorn, stop_gunicorn
 from tests.serving.store_procs import start_store
 
 pytestmark = pytest.mark.faults
@@ -201,20 +201,8 @@ def _launch(
     mlflow_tracking_uri: str = "http://127.0.0.1:9",
     model_name: str = "unused",
 ):
-    port = free_port()
-    env = {
-        "MLFLOW_TRACKING_URI": mlflow_tracking_uri,
-        "MODEL_NAME": model_name,
-        "SERVING_STATE_DIR": str(state_dir),
-        "SERVING_PORT": str(port),
-        "SERVING_HOST": "127.0.0.1",
-        "GUNICORN_WORKERS": "2",
-        "PROMETHEUS_MULTIPROC_DIR": str(state_dir / "prometheus"),
-        **(extra_env or {}),
-    }
-    log_path = state_dir / f"gunicorn-{port}.log"
-    cmd = [str(REPO / ".venv" / "bin" / "gunicorn"), "-c", str(GUNICORN_CONF), app]
-    return start_process(cmd, log_path, env=env, cwd=REPO), port, log_path
+    server = launch_gunicorn(state_dir, model_name, mlflow_tracking_uri, extra_env=extra_env, app=app)
+    return server.proc, int(server.url.rsplit(":", 1)[1]), server.log_path
 
 
 def _wait_exit(proc, timeout: float) -> float:
