@@ -145,6 +145,13 @@ def tail_text(path: Path, max_lines: int = 20, max_bytes: int = 65536) -> str:
     return "\n".join(data.splitlines()[-max_lines:])
 
 
+def write_outcome(path: str | os.PathLike[str] | None, outcome: dict[str, Any]) -> None:
+    """The runner's side of :func:`read_outcome`: write `outcome` atomically to the file named by
+    ``$KFP_RUN_OUTCOME_FILE`` (passed in as `path`); nothing when no path is given."""
+    if path:
+        _write_json_atomic(Path(path), outcome)
+
+
 def read_outcome(run_dir: Path) -> dict[str, Any] | None:
     """The JSON object the runner wrote to its outcome file, or None."""
     try:

@@ -14,7 +14,6 @@ object to `--outcome-file` (default: `$KFP_RUN_OUTCOME_FILE`, which the local ba
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import re
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from airflow_kfp_provider.local_runner import build_parser, parse_params, run_pipeline
-from airflow_kfp_provider.local_runs import OUTCOME_FILE_ENV
+from airflow_kfp_provider.local_runs import OUTCOME_FILE_ENV, write_outcome
 from airflow_kfp_provider.pipeline_spec import PipelineSpecError, load_pipeline_spec, pipeline_parameters
 from driftloop.contract import DEFAULT_MODEL_NAME
 from driftloop.logs import configure_logging
@@ -61,15 +60,6 @@ def step_error(lines: list[str]) -> str | None:
         if match:
             return match.group(1).strip()
     return None
-
-
-def write_outcome(path: str | os.PathLike[str] | None, outcome: dict[str, Any]) -> None:
-    if not path:
-        return
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(outcome, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
