@@ -12,7 +12,7 @@ import hmac
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -25,6 +25,7 @@ from serving.config import ServingConfig
 from serving.inputs import InputError
 from serving.manager import Active, ModelManager
 from serving.model import ModelLoadError
+from serving.report import PageCache
 from serving.store import StateStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class ServingContext:
     config: ServingConfig
     store: StateStore
     manager: ModelManager
+    report_cache: PageCache = field(default_factory=PageCache)  # GET /drift/report's pages (this worker)
 
 
 def ctx() -> ServingContext:

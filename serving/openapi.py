@@ -88,6 +88,17 @@ def build_openapi(feature_names: Sequence[str] | None, max_batch: int, max_body_
                 "responses": {**ok("DriftStatus"), **_errors(503)},
             }
         },
+        "/drift/report": {
+            "get": {
+                "summary": "The drift status as a self-contained HTML page: per feature the reference and window "
+                "distributions (inline SVG), the KS statistic, raw and corrected p-values and the decision",
+                "operationId": "driftReport",
+                "responses": {
+                    "200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}},
+                    **_errors(503),
+                },
+            }
+        },
         "/drift/reset": {
             "post": {
                 "summary": "Empty the drift window (admin)",

@@ -216,12 +216,32 @@ class DriftStatus(TypedDict):
     run_id: NotRequired[str]
     window_started_at: NotRequired[str]
     checked_at: NotRequired[str]
+    window_epoch: NotRequired[
+        Annotated[int, Field(description="the drift-window epoch: a new served version starts a new one")]
+    ]
+    window_resets: NotRequired[
+        Annotated[int, Field(description="how many times POST /drift/reset emptied this epoch's window (0 first)")]
+    ]
+    window_first_row: NotRequired[
+        Annotated[
+            int | None,
+            Field(description="store id of the oldest row tested (ids grow within an epoch); null: empty window"),
+        ]
+    ]
+    window_last_row: NotRequired[
+        Annotated[int | None, Field(description="store id of the newest row tested; null: empty window")]
+    ]
+    labelled_rows: NotRequired[Annotated[int, Field(description="labelled feedback rows stored for this model name")]]
+    labelled_rows_since_served: NotRequired[
+        Annotated[int, Field(description="those received at or after the served version's activation")]
+    ]
 
 
 class DriftReset(TypedDict):
     status: Literal["reset"]
     dropped: int
     model_version: str
+    window_resets: Annotated[int, Field(description="the epoch's reset count after this reset")]
 
 
 class Reload(TypedDict):

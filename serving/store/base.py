@@ -8,7 +8,9 @@ serving/store/postgres.py):
   every switch, and the outcome of the last reload attempt. This record, not the registry alias, is
   what a starting or restarting worker serves; only an admin reload rewrites it (serving/manager.py).
 - `WindowStore`: the drift window, rows of valid, predicted inputs tagged with the epoch (one epoch
-  per activation of a model version). A new epoch is a new, empty window.
+  per activation of a model version). A new epoch is a new, empty window. Row ids grow within an
+  episode; each epoch counts its resets (POST /drift/reset: a new drift episode), so (epoch, resets, first and
+  last row id) names the rows a drift test saw.
 - `FeedbackStore`: labelled rows (features + true label) for retraining, each with its provenance
   (received time, credential kind, client address, caller-given source); kept across reloads.
 
@@ -82,6 +84,35 @@ class ReloadOutcome:
 
 
 @dataclass(frozen=True)
+class WindowSnapshot:
+    """The window as read for one drift test: its rows (n, k) float64, oldest first, and the store
+    ids of its oldest and newest row (None when it is empty). Ids grow within an episode (epoch and
+    reset count; after a reset SQLite may hand out ids again), so (epoch, resets, first_row, last_row)
+    names the rows tested."""
+
+    rows: np.ndarray
+    first_row: int | None
+    last_row: int | None
+
+
+@dataclass(frozen=True)
+class WindowReset:
+    dropped: int  # rows removed from the window
+    resets: int  # the epoch's reset count after this one (1 after the first reset)
+
+
+@dataclass(frozen=True)
+class DriftCounts:
+    """What /drift/status reports next to the statistics, read in one query: the epoch's reset count
+    and the labelled feedback rows of its model name, all and those received at or after the epoch's
+    activation (`epochs.started_at`, the same instant as `served.activated_at` of that activation)."""
+
+    window_resets: int
+    labelled_rows: int
+    labelled_rows_since_served: int
+
+
+@dataclass(frozen=True)
 class FeedbackProvenance:
     """Where a feedback request came from. `credential`: the kind of bearer token that sent it
     ("feedback" or "admin"); `client_addr`: the peer address the app saw; `source`: the caller's own
@@ -141,12 +172,22 @@ class WindowStore(abc.ABC):
     def add_rows(self, epoch: int, rows: np.ndarray) -> None: ...
 
     @abc.abstractmethod
+    def window_snapshot(self, epoch: int, size: int) -> WindowSnapshot:
+        """The last `size` rows of the epoch, oldest first, with the ids of the oldest and newest."""
+
     def window(self, epoch: int, size: int) -> np.ndarray:
         """The last `size` rows of the epoch, oldest first, as a float64 array (n, k)."""
+        return self.window_snapshot(epoch, size).rows
 
     @abc.abstractmethod
-    def reset_window(self, epoch: int) -> int:
-        """Empty the window of the epoch; returns how many rows were dropped."""
+    def reset_window(self, epoch: int) -> WindowReset:
+        """Empty the window of the epoch and count the reset (a new drift episode), atomically;
+        returns the rows dropped and the epoch's reset count after it."""
+
+    @abc.abstractmethod
+    def drift_counts(self, epoch: int) -> DriftCounts:
+        """The epoch's reset count and its model name's labelled rows (one query; zeros for an
+        unknown epoch)."""
 
 
 class FeedbackStore(abc.ABC):
@@ -193,12 +234,28 @@ class StateStore(ServedStateStore, WindowStore, FeedbackStore):
 FEEDBACK_COLUMNS = "features, label, model_version, created_at, credential, client_addr, source"
 
 
-def window_array(blobs_newest_first: Sequence[Sequence[Any]]) -> np.ndarray:
-    """(n, k) float64, oldest first, from query rows `(x,)` read newest first."""
+def window_array(blobs_newest_first: Sequence[Sequence[Any]], column: int = 0) -> np.ndarray:
+    """(n, k) float64, oldest first, from query rows read newest first whose `column` is the row's bytes."""
     if not blobs_newest_first:
         return np.empty((0, 0), dtype=np.float64)
-    data = np.frombuffer(b"".join(bytes(b[0]) for b in reversed(blobs_newest_first)), dtype=np.float64)
+    data = np.frombuffer(b"".join(bytes(b[column]) for b in reversed(blobs_newest_first)), dtype=np.float64)
     return data.reshape(len(blobs_newest_first), -1)
+
+
+def snapshot_from_rows(rows_newest_first: Sequence[Sequence[Any]]) -> WindowSnapshot:
+    """A WindowSnapshot from query rows `(id, x)` read newest first."""
+    if not rows_newest_first:
+        return WindowSnapshot(window_array(()), None, None)
+    return WindowSnapshot(
+        window_array(rows_newest_first, column=1), int(rows_newest_first[-1][0]), int(rows_newest_first[0][0])
+    )
+
+
+def counts_from_row(row: Sequence[Any] | None) -> DriftCounts:
+    """DriftCounts from a query row (resets, labelled rows, labelled rows since the activation)."""
+    if row is None:
+        return DriftCounts(0, 0, 0)
+    return DriftCounts(int(row[0] or 0), int(row[1] or 0), int(row[2] or 0))
 
 
 def feedback_params(
@@ -256,7 +313,9 @@ INTERFACE_METHODS = (
     "add_rows",
     "add_rows_if_current",
     "window",
+    "window_snapshot",
     "reset_window",
+    "drift_counts",
     "add_feedback",
     "iter_feedback_records",
     "count_feedback",

@@ -41,17 +41,21 @@ from psycopg.pq.abc import PGresult
 
 from serving.store.base import (
     FEEDBACK_COLUMNS,
+    DriftCounts,
     FeedbackProvenance,
     FeedbackRecord,
     ReloadOutcome,
     ServedRecord,
     StateStore,
     StoreUnavailable,
+    WindowReset,
+    WindowSnapshot,
     activation_change,
+    counts_from_row,
     feedback_params,
     feedback_record,
+    snapshot_from_rows,
     translate_errors,
-    window_array,
 )
 
 log = logging.getLogger(__name__)
@@ -69,7 +73,10 @@ _SCHEMA = (
         id BIGSERIAL PRIMARY KEY,
         model_name TEXT NOT NULL,
         version TEXT NOT NULL,
-        started_at DOUBLE PRECISION NOT NULL)""",
+        started_at DOUBLE PRECISION NOT NULL,
+        resets BIGINT NOT NULL DEFAULT 0)""",
+    # added after the first release: databases created before get the column here (every row reads 0)
+    "ALTER TABLE epochs ADD COLUMN IF NOT EXISTS resets BIGINT NOT NULL DEFAULT 0",
     # one index only (every /predict inserts here): window reads, trims and resets all go by epoch;
     # ids come from one sequence without a per-backend cache, so they follow commit order closely
     """CREATE TABLE IF NOT EXISTS window_rows (
@@ -94,6 +101,8 @@ _SCHEMA = (
         client_addr TEXT,
         source TEXT)""",
     "CREATE INDEX IF NOT EXISTS feedback_model ON feedback (model_name, id)",
+    # /drift/status counts the labelled rows since the served version's activation on every call
+    "CREATE INDEX IF NOT EXISTS feedback_model_created ON feedback (model_name, created_at)",
 )
 
 # The /predict statement: rows enter the window only while the served record is at the generation the
@@ -424,17 +433,39 @@ class PostgresStore(StateStore):
             )
         )
 
-    def window(self, epoch: int, size: int) -> np.ndarray:
-        blobs = self._run(
+    def window_snapshot(self, epoch: int, size: int) -> WindowSnapshot:
+        rows = self._run(
             lambda c: c.execute(
-                "SELECT x FROM window_rows WHERE epoch = %s ORDER BY id DESC LIMIT %s", (epoch, int(size))
+                "SELECT id, x FROM window_rows WHERE epoch = %s ORDER BY id DESC LIMIT %s", (epoch, int(size))
             ).fetchall(),
             retry_read=True,
         )
-        return window_array(blobs)
+        return snapshot_from_rows(rows)
 
-    def reset_window(self, epoch: int) -> int:
-        return self._run(lambda c: c.execute("DELETE FROM window_rows WHERE epoch = %s", (epoch,)).rowcount)
+    def reset_window(self, epoch: int) -> WindowReset:
+        def work(conn: psycopg.Connection) -> WindowReset:
+            with conn.transaction():
+                conn.execute("SET LOCAL synchronous_commit = on")
+                dropped = conn.execute("DELETE FROM window_rows WHERE epoch = %s", (epoch,)).rowcount
+                row = conn.execute(
+                    "UPDATE epochs SET resets = resets + 1 WHERE id = %s RETURNING resets", (epoch,)
+                ).fetchone()
+            return WindowReset(dropped, int(row[0]) if row else 0)
+
+        return self._run(work)
+
+    def drift_counts(self, epoch: int) -> DriftCounts:
+        row = self._run(
+            lambda c: c.execute(
+                "SELECT e.resets, "
+                "(SELECT COUNT(*) FROM feedback WHERE model_name = e.model_name), "
+                "(SELECT COUNT(*) FROM feedback WHERE model_name = e.model_name AND created_at >= e.started_at) "
+                "FROM epochs e WHERE e.id = %s",
+                (epoch,),
+            ).fetchone(),
+            retry_read=True,
+        )
+        return counts_from_row(row)
 
     # -- feedback ----------------------------------------------------------------------------------
     def add_feedback(

@@ -26,6 +26,7 @@ import numpy as np
 
 from serving.store.base import (
     FEEDBACK_COLUMNS,
+    DriftCounts,
     FeedbackProvenance,
     FeedbackRecord,
     ReloadOutcome,
@@ -33,11 +34,14 @@ from serving.store.base import (
     StateFileError,
     StateStore,
     StoreUnavailable,
+    WindowReset,
+    WindowSnapshot,
     activation_change,
+    counts_from_row,
     feedback_params,
     feedback_record,
+    snapshot_from_rows,
     translate_errors,
-    window_array,
 )
 
 _SCHEMA = """
@@ -53,7 +57,8 @@ CREATE TABLE IF NOT EXISTS epochs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     model_name TEXT NOT NULL,
     version TEXT NOT NULL,
-    started_at REAL NOT NULL
+    started_at REAL NOT NULL,
+    resets INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS window_rows (
     id INTEGER PRIMARY KEY,
@@ -82,6 +87,8 @@ CREATE TABLE IF NOT EXISTS feedback (
     source TEXT
 );
 CREATE INDEX IF NOT EXISTS feedback_model ON feedback (model_name, id);
+-- /drift/status counts the labelled rows since the served version's activation on every call
+CREATE INDEX IF NOT EXISTS feedback_model_created ON feedback (model_name, created_at);
 """
 
 # The tables of a serving state. A file with none of them is another application's database; one
@@ -95,6 +102,7 @@ _CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 # lacks (ALTER TABLE ... ADD COLUMN keeps every row; old rows read NULL there). Append, never edit.
 _ADDED_COLUMNS = {
     "feedback": (("credential", "TEXT"), ("client_addr", "TEXT"), ("source", "TEXT")),
+    "epochs": (("resets", "INTEGER NOT NULL DEFAULT 0"),),
 }
 
 
@@ -495,14 +503,37 @@ class SQLiteStore(StateStore):
             (epoch, epoch, self.window_size),
         )
 
-    def window(self, epoch: int, size: int) -> np.ndarray:
-        blobs = self.conn.execute(
-            "SELECT x FROM window_rows WHERE epoch = ? ORDER BY id DESC LIMIT ?", (epoch, int(size))
+    def window_snapshot(self, epoch: int, size: int) -> WindowSnapshot:
+        rows = self.conn.execute(
+            "SELECT id, x FROM window_rows WHERE epoch = ? ORDER BY id DESC LIMIT ?", (epoch, int(size))
         ).fetchall()
-        return window_array(blobs)
+        return snapshot_from_rows(rows)
 
-    def reset_window(self, epoch: int) -> int:
-        return self.conn.execute("DELETE FROM window_rows WHERE epoch = ?", (epoch,)).rowcount
+    def reset_window(self, epoch: int) -> WindowReset:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Emptied, the table may hand out its ids again (rowid = max + 1): harmless, because the
+            # reset count below starts a new episode and ids need only grow within one.
+            dropped = conn.execute("DELETE FROM window_rows WHERE epoch = ?", (epoch,)).rowcount
+            resets = conn.execute(
+                "UPDATE epochs SET resets = resets + 1 WHERE id = ? RETURNING resets", (epoch,)
+            ).fetchall()  # all: no statement may be left open at COMMIT
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return WindowReset(dropped, int(resets[0][0]) if resets else 0)
+
+    def drift_counts(self, epoch: int) -> DriftCounts:
+        row = self.conn.execute(
+            "SELECT e.resets, "
+            "(SELECT COUNT(*) FROM feedback WHERE model_name = e.model_name), "
+            "(SELECT COUNT(*) FROM feedback WHERE model_name = e.model_name AND created_at >= e.started_at) "
+            "FROM epochs e WHERE e.id = ?",
+            (epoch,),
+        ).fetchone()
+        return counts_from_row(row)
 
     # -- feedback ------------------------------------------------------------------------------
     def add_feedback(

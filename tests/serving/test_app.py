@@ -224,7 +224,13 @@ def test_drift_status_reset_and_metrics(app, client, champion):
     assert client.get("/drift/status").json["samples"] == 3
     reset = client.post("/drift/reset", headers=AUTH)
     assert reset.status_code == 200
-    assert reset.json == {"status": "reset", "dropped": 3, "model_version": champion.version}
+    assert reset.json == {
+        "status": "reset",
+        "dropped": 3,
+        "model_version": champion.version,
+        "window_resets": reset.json["window_resets"],
+    }
+    assert reset.json["window_resets"] >= 2  # this test reset twice
     text = client.get("/metrics").get_data(as_text=True)
     assert "serving_http_requests_total" in text and "serving_predicted_rows_total" in text
     assert 'endpoint="/predict"' in text

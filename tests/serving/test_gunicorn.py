@@ -86,6 +86,26 @@ def test_seed_e2e_steps(server, champion):
         assert status["threshold"] == 0.05 and set(status["features"]) == {f"feature_{i}" for i in range(4)}
 
 
+def test_drift_report_under_gunicorn(server):
+    """The page of the shifted window above, from both workers (each renders it once, then serves its copy)."""
+    srv = server["server"]
+    status = srv.get("/drift/status").json()
+    pages, workers = {}, set()
+    with ThreadPoolExecutor(4) as pool:
+        while len(workers) < 2 and len(pages) < 40:
+            for resp in pool.map(lambda _: srv.get("/drift/report"), range(4)):
+                assert resp.status_code == 200, resp.text[:500]
+                assert resp.headers["Content-Type"] == "text/html; charset=utf-8"
+                assert resp.headers["Content-Security-Policy"].startswith("default-src 'none'")
+                workers.add(resp.headers["X-Serving-Worker"])
+                pages[len(pages)] = resp.text
+    assert len(workers) == 2
+    for page in pages.values():
+        assert "Drift detected" in page and page.count('<figure class="feature-chart') == 4
+        assert f"{status['window_first_row']}-{status['window_last_row']}" in page
+    assert srv.get("/drift/report").headers["X-Report-Cache"] == "hit"
+
+
 def test_one_window_for_all_workers(server, state_dir):
     srv = server["server"]
     assert srv.post("/drift/reset", headers=AUTH).status_code == 200

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from serving.store import FeedbackProvenance, SQLiteStore, StoreUnavailable, open_store
+from serving.store.base import DriftCounts, WindowReset
 from tests.serving.store_procs import start_replica, write_rows
 
 
@@ -103,8 +104,59 @@ def test_batch_larger_than_window_keeps_the_last_rows(store_url):
     store.add_rows(r.epoch, np.arange(40, dtype=float).reshape(20, 2))
     w = store.window(r.epoch, 5)
     assert w[:, 0].tolist() == [30.0, 32.0, 34.0, 36.0, 38.0]
-    assert store.reset_window(r.epoch) == 5
+    assert store.reset_window(r.epoch) == WindowReset(dropped=5, resets=1)
     assert store.window(r.epoch, 5).shape[0] == 0
+
+
+def test_window_snapshot_names_its_rows_and_ids_grow_within_an_episode(store_url):
+    store = open_store(store_url, window_size=5)
+    r, _ = store.activate("m", "1", None)
+    empty = store.window_snapshot(r.epoch, 5)
+    assert empty.rows.shape[0] == 0 and empty.first_row is None and empty.last_row is None
+    store.add_rows(r.epoch, np.arange(16, dtype=float).reshape(8, 2))  # the last 5 are kept
+    snap = store.window_snapshot(r.epoch, 5)
+    assert snap.rows[:, 0].tolist() == [6.0, 8.0, 10.0, 12.0, 14.0]
+    assert snap.first_row is not None and snap.last_row is not None and snap.first_row < snap.last_row
+    assert np.array_equal(store.window(r.epoch, 5), snap.rows)
+    assert store.window_snapshot(r.epoch, 2).first_row > snap.first_row  # the newest 2 of them
+    store.add_rows(r.epoch, np.array([[99.0, 99.0]]))
+    newer = store.window_snapshot(r.epoch, 5)
+    assert newer.last_row > snap.last_row and newer.first_row > snap.first_row
+    # a reset empties the window and starts a new episode (the reset count), in which ids grow again
+    assert store.reset_window(r.epoch) == WindowReset(dropped=6, resets=1)
+    cleared = store.window_snapshot(r.epoch, 5)
+    assert cleared.rows.shape[0] == 0 and cleared.first_row is None and cleared.last_row is None
+    store.add_rows(r.epoch, np.array([[1.0, 1.0]]))
+    after = store.window_snapshot(r.epoch, 5)
+    assert after.first_row == after.last_row and after.rows.tolist() == [[1.0, 1.0]]
+    store.add_rows(r.epoch, np.array([[3.0, 3.0]]))
+    assert store.window_snapshot(r.epoch, 5).last_row > after.last_row
+    assert store.reset_window(r.epoch) == WindowReset(dropped=2, resets=2)
+    assert store.reset_window(r.epoch) == WindowReset(dropped=0, resets=3)
+    assert store.drift_counts(r.epoch).window_resets == 3
+    # a new version: a new epoch, no resets yet
+    r2, _ = store.activate("m", "2", None)
+    assert store.drift_counts(r2.epoch) == DriftCounts(0, 0, 0)
+    assert store.window_snapshot(r2.epoch, 5).first_row is None
+
+
+def test_drift_counts_count_labelled_rows_of_the_model_and_since_its_activation(store_url):
+    import time
+
+    store = open_store(store_url, window_size=5)
+    assert store.drift_counts(12345) == DriftCounts(0, 0, 0)  # no such epoch
+    r1, _ = store.activate("m", "1", None)
+    store.add_feedback("m", "1", np.ones((2, 2)), [0, 1])
+    store.add_feedback("other", "1", np.ones((4, 2)), [0, 1, 0, 1])  # another model name
+    assert store.drift_counts(r1.epoch) == DriftCounts(0, 2, 2)
+    time.sleep(0.02)
+    r2, _ = store.activate("m", "2", None)
+    assert store.drift_counts(r2.epoch) == DriftCounts(0, 2, 0)  # all labelled before version 2 was served
+    store.add_feedback("m", "2", np.ones((3, 2)), [1, 1, 2])
+    store.reset_window(r2.epoch)
+    assert store.drift_counts(r2.epoch) == DriftCounts(1, 5, 3)
+    same, started = store.activate("m", "2", "run-id-only")  # the same version: its activation stays
+    assert not started and store.drift_counts(same.epoch) == DriftCounts(1, 5, 3)
 
 
 def test_feedback_round_trip(store_url):
@@ -279,3 +331,46 @@ def test_old_state_file_is_migrated_in_place_and_keeps_its_rows(tmp_path):
     assert (new.features, new.label, new.model_version) == ([5.0, 6.0], 2, "3")
     assert (new.credential, new.client_addr, new.source) == ("feedback", "10.0.0.9", "lab-1")
     assert feedback_pairs(again, "m")[-1] == ([5.0, 6.0], 2)
+
+
+# the epochs table before the reset count existed, with one epoch and its window
+_OLD_EPOCHS_TABLE = """
+CREATE TABLE served (model_name TEXT PRIMARY KEY, version TEXT NOT NULL, run_id TEXT, epoch INTEGER NOT NULL,
+    generation INTEGER NOT NULL, activated_at REAL NOT NULL);
+CREATE TABLE epochs (id INTEGER PRIMARY KEY AUTOINCREMENT, model_name TEXT NOT NULL, version TEXT NOT NULL,
+    started_at REAL NOT NULL);
+CREATE TABLE window_rows (id INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, x BLOB NOT NULL);
+INSERT INTO served VALUES ('m', '4', 'r', 1, 3, 1700000000.0);
+INSERT INTO epochs (model_name, version, started_at) VALUES ('m', '4', 1700000000.0);
+"""
+
+
+def test_old_state_file_gets_the_reset_count_and_keeps_its_window(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "s.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_OLD_EPOCHS_TABLE)
+        conn.execute("INSERT INTO window_rows (epoch, x) VALUES (1, ?)", (np.array([1.0, 2.0]).tobytes(),))
+    store = SQLiteStore(path, window_size=5)
+    assert "resets" in [row[1] for row in store.conn.execute("PRAGMA table_info(epochs)")]
+    assert store.drift_counts(1) == DriftCounts(0, 0, 0)
+    snap = store.window_snapshot(1, 5)
+    assert snap.rows.tolist() == [[1.0, 2.0]] and snap.first_row == snap.last_row == 1
+    assert store.reset_window(1) == WindowReset(dropped=1, resets=1)
+    assert SQLiteStore(path, window_size=5).drift_counts(1).window_resets == 1
+
+
+def test_old_postgres_database_gets_the_reset_count(postgres_url):
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE epochs (id BIGSERIAL PRIMARY KEY, model_name TEXT NOT NULL, version TEXT NOT NULL, "
+            "started_at DOUBLE PRECISION NOT NULL)"
+        )
+        conn.execute("INSERT INTO epochs (model_name, version, started_at) VALUES ('m', '4', 1700000000.0)")
+    store = open_store(postgres_url, window_size=5)
+    assert store.drift_counts(1) == DriftCounts(0, 0, 0)
+    assert store.reset_window(1) == WindowReset(dropped=0, resets=1)
+    assert open_store(postgres_url, window_size=5).drift_counts(1).window_resets == 1
