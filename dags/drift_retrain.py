@@ -1,21 +1,33 @@
 """
 ### drift_retrain: retrain the model when the serving app reports input drift
 
-Every six hours (and whenever you trigger it) this DAG:
+Runs every six hours (the safety net), **or as soon as the drift watcher fires** (the asset
+`serving_drift`: its watcher `serving_drift_watcher` polls `GET /drift/status` every minute in the
+triggerer and fires once per drift episode, on fresh data only, and not while no new labels arrived;
+`$DRIFT_RETRAIN_DRIFT_EVENTS=false` turns it off), and whenever you trigger it:
 
-1. **check_params** validates the run's parameters and picks the path: `force=true` skips the drift check.
+1. **check_params** validates the run's parameters and picks the path: `force=true` skips the drift check;
+   a run started by the watcher takes **drift_event**; any other run takes **check_drift**.
 2. **check_drift** reads the serving app's `GET /drift/status` (connection `serving_default`).
    *No drift* (or the window is still collecting samples): this task is **skipped**, so are all the
    tasks after it, and the run ends green with nothing submitted. The log says why.
    *Drift*: the drift report (which features, p-values, correction) is logged and kept as XCom.
-3. **force_retrain** is the path taken instead of the check when `force=true`.
-4. **submit_retrain** submits the compiled KFP pipeline `ml-retrain-pipeline`
+3. **drift_event** (watcher runs) logs and returns the episode the watcher saw (model version, window
+   epoch and rows, drifted features, p-values, labelled rows). Such a run trains on the serving app's
+   labelled feedback (`feedback_url` defaults to `<serving>/feedback/export`) and names its KFP run after
+   the episode (`drift-<model>-v<version>-e<epoch>-r<resets>`): a second run for the same episode adopts
+   that KFP run instead of retraining again.
+4. **capture_drift_report** (after drift was found) keeps the serving app's `GET /drift/report` page;
+   if it cannot, a warning, never a failure.
+5. **force_retrain** is the path taken instead of the check when `force=true`.
+6. **submit_retrain** submits the compiled KFP pipeline `ml-retrain-pipeline`
    (`kfp_components/retrain_pipeline.yaml`) on the backend of connection `kfp_default`
    (`local`: kfp.local runner on this machine; `kfp`: a Kubeflow Pipelines API) and waits for it
-   *deferred*, without holding a worker slot. The run name is derived from this DAG run, so a retried
-   task finds its own run instead of starting a second one. The KFP run id is in XCom (`run_id`); the
-   task's *KFP run* button opens the run.
-5. **confirm_champion** reads what the pipeline decided: a *rejected* candidate is a successful run
+   *deferred*, without holding a worker slot. The run name is derived from this DAG run (or the drift
+   episode), so a retried task finds its own run instead of starting a second one. Afterwards the drift
+   report is stored with the candidate's MLflow run (`drift/report.html`). Buttons: *KFP run*,
+   *MLflow run*, *Drift report*.
+7. **confirm_champion** reads what the pipeline decided: a *rejected* candidate is a successful run
    (the reason is logged and returned); an *accepted* one must show up as the version the serving
    app's `GET /model/info` reports.
 
@@ -36,12 +48,14 @@ from typing import Any
 
 import pendulum
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Asset, AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable, Param, dag, task
 
-from airflow_kfp_provider.operators.kfp import KfpRunPipelineOperator
 from driftloop.contract import DAG_ID, DEFAULT_MODEL_NAME
 from driftloop.retrain.alerts import failure_alert
 from driftloop.retrain.drift import DriftStatusSensor
+from driftloop.retrain.drift_events import DriftEventTrigger
+from driftloop.retrain.episodes import run_name as episode_run_name
+from driftloop.retrain.operator import RetrainPipelineOperator
 from driftloop.retrain.settings import (
     KFP_CONN_ID,
     SERVING_CONN_ID,
@@ -159,6 +173,37 @@ PIPELINE_ARGUMENTS = {
 }
 PIPELINE_ARGUMENTS["mlflow_tracking_uri"] = "{{ params.mlflow_tracking_uri or mlflow_tracking_uri() }}"
 PIPELINE_ARGUMENTS["serving_url"] = "{{ params.serving_url or serving_base_url() }}"
+# A retrain started by a drift event learns from what people labelled: the serving app's feedback
+# export unless the run says otherwise (the pipeline sends the admin token the export needs).
+PIPELINE_ARGUMENTS["feedback_url"] = (
+    "{{ params.feedback_url or ((serving_base_url() ~ '/feedback/export') "
+    "if ti.xcom_pull(task_ids='drift_event') else '') }}"
+)
+
+CRON = "0 */6 * * *"
+#: The serving app's drift, as an asset: the watcher's trigger polls GET /drift/status and fires one
+#: event per drift episode (driftloop.retrain.episodes). Nothing is looked up here: the trigger reads
+#: the connection when it runs in the triggerer.
+SERVING_DRIFT = Asset(
+    name="serving_drift",
+    watchers=[
+        AssetWatcher(
+            name="serving_drift_watcher",
+            trigger=DriftEventTrigger(
+                http_conn_id=SERVING_CONN_ID, poll_interval=float(param_default("drift_poll_interval", 60.0))
+            ),
+        )
+    ],
+)
+#: Cron as the safety net, or the drift event; $DRIFT_RETRAIN_DRIFT_EVENTS=false: the cron only.
+SCHEDULE: Any = (
+    AssetOrTimeSchedule(timetable=CronTriggerTimetable(CRON, timezone="UTC"), assets=SERVING_DRIFT)
+    if param_default("drift_events", True)
+    else CRON
+)
+#: The KFP run name of an event run: one per drift episode, so a second DAG run for the same episode
+#: adopts the first one's KFP run (the operator's find-or-submit). Empty: derived from the DAG run.
+RUN_NAME = "{{ episode_run_name(ti.xcom_pull(task_ids='drift_event')) }}"
 
 FORCE_HELP = (
     "trigger again with a JSON boolean, e.g. airflow dags trigger drift_retrain --conf '{\"force\": true}' "
@@ -170,7 +215,7 @@ FORCE_HELP = (
     dag_id=DAG_ID,
     description="Retrain through Kubeflow Pipelines when the serving app reports drift (or when forced).",
     doc_md=__doc__,
-    schedule="0 */6 * * *",
+    schedule=SCHEDULE,
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -184,6 +229,7 @@ FORCE_HELP = (
         "mlflow_tracking_uri": mlflow_tracking_uri,
         "serving_base_url": serving_base_url,
         "pipeline_package": pipeline_package,
+        "episode_run_name": episode_run_name,
     },
     on_failure_callback=failure_alert,
     default_args={
@@ -194,9 +240,12 @@ FORCE_HELP = (
 )
 def drift_retrain() -> None:
     @task.branch(task_id="check_params")
-    def check_params(params: dict[str, Any] | None = None) -> str:
-        """Fail on a non-boolean force (nothing submitted); choose the drift check or the forced path."""
+    def check_params(params: dict[str, Any] | None = None, triggering_asset_events: Any = None) -> str:
+        """Fail on a non-boolean force (nothing submitted); choose the forced path, the drift event's
+        path (a run the watcher started) or the drift check."""
         from airflow.sdk.exceptions import AirflowFailException
+
+        from driftloop.retrain.drift_event_run import drift_events_of
 
         force = (params or {}).get("force", False)
         if not isinstance(force, bool):
@@ -207,7 +256,17 @@ def drift_retrain() -> None:
         if force:
             log.info("force=true: skipping the drift check; the pipeline is submitted now.")
             return "force_retrain"
+        if drift_events_of(triggering_asset_events, SERVING_DRIFT.name):
+            log.info("Started by the drift watcher (asset %s): the event's evidence is used.", SERVING_DRIFT.name)
+            return "drift_event"
         return "check_drift"
+
+    @task(task_id="drift_event")
+    def drift_event(triggering_asset_events: Any = None) -> dict[str, Any]:
+        """The drift episode that started this run (the watcher's event payload), checked and logged."""
+        from driftloop.retrain.drift_event_run import event_payload
+
+        return event_payload(triggering_asset_events, SERVING_DRIFT.name)
 
     check_drift = DriftStatusSensor(
         task_id="check_drift",
@@ -218,19 +277,29 @@ def drift_retrain() -> None:
     )
     force_retrain = EmptyOperator(task_id="force_retrain")
 
-    submit_retrain = KfpRunPipelineOperator(
+    # Runs after drift was found (by the check or by the watcher); never fails the run.
+    @task(task_id="capture_drift_report", trigger_rule="none_failed_min_one_success")
+    def capture_drift_report() -> str | None:
+        """GET /drift/report (HTML) from the serving app, to store with the candidate's MLflow run."""
+        from driftloop.retrain.drift_event_run import capture_report
+
+        return capture_report(SERVING_CONN_ID)
+
+    submit_retrain = RetrainPipelineOperator(
         task_id="submit_retrain",
         kfp_conn_id=KFP_CONN_ID,
         # $KFP_PIPELINE_PACKAGE, else kfp_components/retrain_pipeline.yaml (resolved when the task runs)
         pipeline_package="{{ pipeline_package() }}",
         pipeline_params=PIPELINE_ARGUMENTS,
+        run_name=RUN_NAME,
         # the pipeline tags its MLflow run with the run name (retrain_run), so the outcome can be found
         run_name_param="run_tag",
+        report_task_id="capture_drift_report",
         deferrable=True,
         poll_interval=float(param_default("poll_interval", 15.0)),
         timeout=timedelta(hours=2),
         # Runs when exactly one path before it succeeded: after drift was found, or when forced.
-        # When check_drift is skipped for lack of drift, both paths are skipped and so is this task.
+        # When check_drift is skipped for lack of drift, every path is skipped and so is this task.
         trigger_rule="none_failed_min_one_success",
         retries=1,
         retry_delay=timedelta(minutes=2),
@@ -250,7 +319,11 @@ def drift_retrain() -> None:
             mlflow_tracking_uri=params.get("mlflow_tracking_uri") or mlflow_tracking_uri(),
         )
 
-    check_params() >> [check_drift, force_retrain] >> submit_retrain
+    event = drift_event()
+    report = capture_drift_report()
+    check_params() >> [check_drift, event, force_retrain]
+    [check_drift, event] >> report
+    [report, force_retrain] >> submit_retrain
     confirm_champion(submit_retrain.output)  # type: ignore[arg-type]  # an XComArg, resolved at run time
 
 

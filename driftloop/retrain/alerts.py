@@ -40,6 +40,14 @@ def failure_alert(context: Mapping[str, Any]) -> None:
     except Exception as exc:  # never let the callback fail
         text = f"ALERT a drift_retrain task failed (could not describe it: {exc})"
     log.error(text)
+    post_alert(text)
+
+
+def post_alert(text: str) -> None:
+    """POST ``{"text": text}`` to the connection named by ``$DRIFT_RETRAIN_ALERT_CONN_ID`` (if set).
+
+    Blocking (one HTTP request, 10 s at most) and never raises; the drift watcher calls it in a thread
+    for its ``blocked`` alerts, the failure callback directly."""
     conn_id = os.environ.get(ALERT_CONN_ENV)
     if not conn_id:
         return

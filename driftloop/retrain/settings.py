@@ -85,6 +85,11 @@ def serving_base_url(conn_id: str | None = None) -> str:
         conn = BaseHook.get_connection(conn_id)
     except AirflowNotFoundException:
         return os.environ.get("SERVING_URL") or DEFAULT_SERVING_URL
+    return connection_base_url(conn)
+
+
+def connection_base_url(conn: Any) -> str:
+    """``scheme://host[:port]`` of an HTTP connection (as HttpHook builds it), without credentials."""
     host = conn.host or "127.0.0.1"
     if "://" not in host:
         scheme = conn.schema if conn.schema in ("http", "https") else "http"

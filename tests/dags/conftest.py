@@ -20,7 +20,8 @@ def _load(name: str):
 
 
 airflow_testenv = _load("airflow_testenv")  # before anything imports airflow
-if str(_HELPERS) not in sys.path:
-    sys.path.insert(0, str(_HELPERS))
+for _path in (_HELPERS, Path(__file__).resolve().parent):  # shared helpers, and drift_docs.py here
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from kfp_test_fixtures import *  # noqa: E402,F401,F403  (shared: fake servers, runner, tiny pipeline)

@@ -100,7 +100,11 @@ def dag():
 
 def test_schedule_and_run_policy(dag):
     assert dag.dag_id == "drift_retrain"
-    assert dag.timetable.expression == "0 */6 * * *"
+    # the six-hour cron as the safety net, or the drift watcher's asset event
+    from airflow.sdk import AssetOrTimeSchedule
+
+    assert isinstance(dag.timetable, AssetOrTimeSchedule)
+    assert dag.timetable.timetable.expression == "0 */6 * * *"
     assert dag.catchup is False
     assert dag.max_active_runs == 1
     assert "drift" in dag.doc_md and "force" in dag.doc_md
@@ -157,7 +161,8 @@ def test_empty_optional_params_render_as_empty_strings_never_none(dag):
         params = {name: dag.params[name] for name in dag.params.keys()}
         params.update(data_uri=empty, feedback_url=empty, mlflow_tracking_uri=empty, serving_url=empty)
         rendered = {
-            name: env.from_string(tpl).render(params=params, **macros) for name, tpl in submit.pipeline_params.items()
+            name: env.from_string(tpl).render(params=params, ti=NoEventTI(), **macros)
+            for name, tpl in submit.pipeline_params.items()
         }
         assert rendered["data_uri"] == "" and rendered["feedback_url"] == "", empty
         assert (
@@ -166,17 +171,35 @@ def test_empty_optional_params_render_as_empty_strings_never_none(dag):
         assert "None" not in rendered.values()
     params.update(data_uri="/data/x.csv", feedback_url="http://s/feedback/export")
     rendered = {
-        name: env.from_string(tpl).render(params=params, **macros) for name, tpl in submit.pipeline_params.items()
+        name: env.from_string(tpl).render(params=params, ti=NoEventTI(), **macros)
+        for name, tpl in submit.pipeline_params.items()
     }
     assert rendered["data_uri"] == "/data/x.csv" and rendered["feedback_url"] == "http://s/feedback/export"
     assert rendered["min_accuracy"] == "0.9" and rendered["n_estimators"] == "100"
 
 
+class NoEventTI:
+    """A task instance of a run without a drift event (drift_event skipped: its XCom is None)."""
+
+    def xcom_pull(self, task_ids=None, **kwargs):
+        return None
+
+
 def test_task_graph(dag):
     tasks = {t.task_id: t for t in dag.tasks}
-    assert set(tasks) == {"check_params", "check_drift", "force_retrain", "submit_retrain", "confirm_champion"}
-    assert tasks["check_params"].downstream_task_ids == {"check_drift", "force_retrain"}
-    assert tasks["submit_retrain"].upstream_task_ids == {"check_drift", "force_retrain"}
+    assert set(tasks) == {
+        "check_params",
+        "check_drift",
+        "drift_event",
+        "force_retrain",
+        "capture_drift_report",
+        "submit_retrain",
+        "confirm_champion",
+    }
+    assert tasks["check_params"].downstream_task_ids == {"check_drift", "drift_event", "force_retrain"}
+    assert tasks["capture_drift_report"].upstream_task_ids == {"check_drift", "drift_event"}
+    assert tasks["capture_drift_report"].trigger_rule == "none_failed_min_one_success"
+    assert tasks["submit_retrain"].upstream_task_ids == {"capture_drift_report", "force_retrain"}
     assert tasks["submit_retrain"].trigger_rule == "none_failed_min_one_success"
     assert tasks["confirm_champion"].upstream_task_ids == {"submit_retrain"}
     submit = tasks["submit_retrain"]
@@ -205,6 +228,11 @@ def stack(airflow_db, monkeypatch, tmp_path, serving):
     runs_dir = tmp_path / "runs"
     set_conn(monkeypatch, "kfp_default", local_conn(runs_dir, runner=[sys.executable, str(FAKE_RUNNER)]))
     monkeypatch.setenv("FAKE_RUNNER_MODE", "")
+    # no MLflow server here: the submit task's MLflow bookkeeping fails fast (a warning, by design)
+    from kfp_test_fixtures import free_port
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     serving.runs_dir = runs_dir
     return serving
 
@@ -226,7 +254,9 @@ def test_no_drift_submits_nothing_and_skips_downstream(dag, stack):
     assert _states(dr) == {
         "check_params": "success",
         "check_drift": "skipped",
+        "drift_event": "skipped",
         "force_retrain": "skipped",
+        "capture_drift_report": "skipped",
         "submit_retrain": "skipped",
         "confirm_champion": "skipped",
     }
@@ -241,7 +271,9 @@ def test_drift_submits_one_run_and_confirms_the_new_champion(dag, stack):
     assert _states(dr) == {
         "check_params": "success",
         "check_drift": "success",
+        "drift_event": "skipped",
         "force_retrain": "skipped",
+        "capture_drift_report": "success",
         "submit_retrain": "success",
         "confirm_champion": "success",
     }
@@ -266,7 +298,9 @@ def test_force_skips_the_check_and_a_rejected_candidate_is_a_success(dag, stack,
     assert _states(dr) == {
         "check_params": "success",
         "check_drift": "skipped",
+        "drift_event": "skipped",
         "force_retrain": "success",
+        "capture_drift_report": "skipped",
         "submit_retrain": "success",
         "confirm_champion": "success",
     }
