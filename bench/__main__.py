@@ -33,7 +33,7 @@ def machine() -> str:
 
 
 def main(argv=None) -> int:
-    from bench import drift, loop, serving_bench
+    from bench import drift, events, loop, serving_bench
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=20, help="seconds of load per server")
@@ -63,6 +63,8 @@ def main(argv=None) -> int:
             )
             print("==> drift detection quality", flush=True)
             results["drift_quality"] = drift.detection_quality(windows=args.windows)
+            print("==> false retrains of the drift watcher (in-distribution rows, one look a minute)", flush=True)
+            results["false_retrains"] = events.false_retrains(mlflow_tracking_uri, MODEL)
             print("==> /drift/status latency by window size", flush=True)
             results["drift_status_latency"] = drift.status_latency(mlflow_tracking_uri, MODEL)
         finally:

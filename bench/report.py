@@ -90,6 +90,25 @@ def markdown(r: dict) -> str:
             for q in r["drift_quality"]
         ]
         out.append("")
+    if r.get("false_retrains"):
+        baseline = next(
+            (q["drift_rate"] for q in r.get("drift_quality", []) if q["scenario"].startswith("no shift")), None
+        )
+        goal = f" (goal ≤ {baseline * 100:.1f}: the per-decision false-alarm rate × 100 windows)" if baseline else ""
+        out += [
+            "### False retrains of the drift watcher (in-distribution rows, one look a minute, windows of 100)",
+            "",
+            f"Per 10,000 rows{goal}; labels assumed to arrive before every look (the storm rule never blocks).",
+            "",
+            "| rows a minute | rule | decisions per 10k rows | false retrains per 10k rows | 95 % interval |",
+            "| ---: | --- | ---: | ---: | --- |",
+        ]
+        out += [
+            f"| {f['rows_per_minute']} | {f['rule']} | {f['decisions_per_10k_rows']:.0f} | "
+            f"{f['false_retrains_per_10k_rows']:.2f} | {f['ci95'][0]:.2f}-{f['ci95'][1]:.2f} |"
+            for f in r["false_retrains"]
+        ]
+        out.append("")
     if r.get("drift_status_latency"):
         out += [
             "### `/drift/status` latency by window size (in-process, SQLite store)",
@@ -116,6 +135,11 @@ def markdown(r: dict) -> str:
         out.append(f"| `make run` (installed venv) → healthy | {stack['make_run_to_healthy_s']:.0f} s |")
     if "forced_trigger_to_new_champion_s" in stack:
         out.append(f"| forced DAG trigger → new champion served | {stack['forced_trigger_to_new_champion_s']:.0f} s |")
+    if "drift_to_new_champion_s" in stack:
+        out.append(
+            f"| drift (last of 100 shifted rows) → new champion served, asset event | "
+            f"{stack['drift_to_new_champion_s']:.0f} s |"
+        )
     if "stack_peak_pss_mb" in stack:
         out.append(f"| whole embedded stack, peak PSS | {stack['stack_peak_pss_mb']:.0f} MB |")
     return "\n".join(out) + "\n"

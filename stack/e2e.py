@@ -20,6 +20,7 @@ from stack.waiting import NotYet, poll
 log = logging.getLogger(__name__)
 
 SEED_SHIFTED_SAMPLE = [7.1, 5.5, 3.4, 2.2]  # the seed's "100 shifted samples"
+EVENT_RUN_LINKS = ("KFP run", "MLflow run", "Drift report")  # the submit task's operator extra links
 
 
 class StepFailed(Exception):
@@ -88,6 +89,24 @@ class Airflow:
         except NotYet as exc:
             raise StepFailed(f"DAG run {run_id} still {exc} after {timeout:.0f}s") from None
 
+    def run_ids(self, run_type: str) -> set[str]:
+        """Ids of the DAG's latest 100 runs of one type (`manual`, `scheduled`, `asset_triggered`)."""
+        resp = self.session.get(
+            f"{self.url}/api/v2/dags/{DAG_ID}/dagRuns",
+            params=[("run_type", run_type), ("order_by", "-run_after"), ("limit", 100)],
+            timeout=30,
+        )
+        check(resp.ok, f"listing {DAG_ID} runs answered HTTP {resp.status_code}: {resp.text[:200]}")
+        return {str(run["dag_run_id"]) for run in resp.json().get("dag_runs", [])}
+
+    def links(self, run_id: str, task_id: str) -> dict[str, str | None]:
+        """The task's operator extra links (name → URL), as the UI shows them."""
+        resp = self.session.get(
+            f"{self.url}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/links", timeout=30
+        )
+        check(resp.ok, f"extra links of {task_id} answered HTTP {resp.status_code}: {resp.text[:200]}")
+        return dict(resp.json().get("extra_links") or {})
+
     def task_states(self, run_id: str) -> dict[str, str]:
         resp = self.session.get(f"{self.url}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", timeout=30)
         return {ti["task_id"]: ti["state"] for ti in resp.json().get("task_instances", [])}
@@ -117,6 +136,36 @@ def send_shifted(serving: str, n: int = 100) -> None:
     for _ in range(n):
         resp = requests.post(f"{serving}/predict", json={"features": SEED_SHIFTED_SAMPLE}, timeout=30)
         check(resp.status_code == 200, f"/predict answered HTTP {resp.status_code}: {resp.text[:200]}")
+
+
+def post_feedback(serving: str, labeller: dict[str, str], n: int = 60) -> int:
+    """Labelled rows for the shifted region, without predicting them (they stay out of the drift window).
+
+    The world says the shifted region is class 0, whatever the champion predicts there (the same label
+    on every run, so that a second `make e2e` on the same stack does not contradict the first)."""
+    rng = np.random.default_rng(7)
+    rows = (np.array(SEED_SHIFTED_SAMPLE) + rng.normal(0, 0.1, size=(n, 4))).round(2).tolist()
+    fb = requests.post(
+        f"{serving}/feedback",
+        json={"instances": rows, "labels": [0] * n, "source": "e2e"},
+        headers=labeller,
+        timeout=30,
+    )
+    check(fb.status_code in (200, 201), f"/feedback answered HTTP {fb.status_code}: {fb.text[:200]}")
+    return n
+
+
+def wait_newer_champion(serving: str, old_version: int, timeout: float) -> dict[str, Any]:
+    def newer_champion() -> dict[str, Any]:
+        info: dict[str, Any] = requests.get(f"{serving}/model/info", timeout=30).json()
+        if int(info.get("version") or 0) <= old_version:
+            raise NotYet(f"still on version {info.get('version')} (was {old_version})")
+        return info
+
+    try:
+        return poll(newer_champion, timeout=timeout, interval=1.0)
+    except NotYet as exc:
+        raise StepFailed(f"{exc} after {timeout:.0f}s") from None
 
 
 def scheduled_run(airflow: Airflow, cfg: StackConfig, submit_state: str, new_runs: int) -> dict[str, str]:
@@ -166,36 +215,52 @@ def run_e2e(cfg: StackConfig) -> Report:
     check(pred.status_code == 200, f"/predict answered HTTP {pred.status_code}: {pred.text[:200]}")
     report.ok(pred.text.strip()[:120])
 
-    report.step("100 shifted samples")
-    requests.post(f"{serving}/drift/reset", headers=admin, timeout=30)
+    report.step("drift as an asset event: reset the window, label the shifted region, 100 shifted samples")
+    events_before = airflow.run_ids("asset_triggered")
+    reset = requests.post(f"{serving}/drift/reset", headers=admin, timeout=30)
+    check(reset.status_code == 200, f"/drift/reset answered HTTP {reset.status_code}: {reset.text[:200]}")
+    labelled = post_feedback(serving, labeller)
     send_shifted(serving)
-    report.ok("sent")
+    t_last_row = time.monotonic()
+    report.ok(f"{labelled} labelled rows, then 100 shifted rows; the watcher polls /drift/status")
 
     report.step("drift detected")
     drift = requests.get(f"{serving}/drift/status", timeout=30).json()
     check(drift.get("drift_detected") is True, f"drift not detected: {drift}")
+    check(drift.get("labelled_rows_since_served", 0) > 0, f"labels not counted: {drift}")
     report.ok(
         f"{drift['samples']} samples; drifting features: "
         f"{[k for k, v in drift.get('features', {}).items() if v.get('drift')]}"
     )
 
-    report.step("labelled feedback for the shifted region")
-    rng = np.random.default_rng(7)
-    rows = (np.array(SEED_SHIFTED_SAMPLE) + rng.normal(0, 0.1, size=(60, 4))).round(2).tolist()
-    served = requests.post(f"{serving}/predict", json={"instances": rows}, timeout=30).json()
-    predicted = served.get("predictions") or []
-    check(len(predicted) == len(rows), f"batch /predict answered {served}")
-    # The world says the shifted region is class 0, whatever the champion predicts there (the same
-    # label on every run, so that a second `make e2e` on the same stack does not contradict the first).
-    labels = [0] * len(rows)
-    fb = requests.post(
-        f"{serving}/feedback", json={"instances": rows, "labels": labels, "source": "e2e"}, headers=labeller, timeout=30
+    report.step("the asset event starts drift_retrain; the serving app reports a newer champion")
+    info = wait_newer_champion(serving, old_version, timeout=600)
+    event_seconds = time.monotonic() - t_last_row
+    report.timings["drift_to_new_champion_s"] = round(event_seconds, 1)
+    event_runs = airflow.run_ids("asset_triggered") - events_before
+    check(len(event_runs) == 1, f"{len(event_runs)} asset-triggered runs, expected exactly one: {event_runs}")
+    (event_run,) = event_runs
+    report.ok(f"version {info['version']} served {event_seconds:.0f}s after the last shifted row (goal < 180 s)")
+
+    report.step("the asset-triggered run succeeded and its submit task links the runs and the report")
+    state = airflow.wait(event_run)
+    states = airflow.task_states(event_run)
+    check(
+        state == "success" and states.get("drift_event") == "success" and states.get("submit_retrain") == "success",
+        f"asset-triggered run {event_run} ended {state}: tasks {states}",
     )
-    check(fb.status_code in (200, 201), f"/feedback answered HTTP {fb.status_code}: {fb.text[:200]}")
-    report.ok(
-        f"{len(rows)} labelled rows stored (labels {sorted(set(labels))}, the champion predicted "
-        f"{sorted(set(int(p) for p in predicted))})"
-    )
+    links = airflow.links(event_run, "submit_retrain")
+    check(all(links.get(name) for name in EVENT_RUN_LINKS), f"extra links of submit_retrain: {links}")
+    report.ok(f"run {event_run}; links {sorted(links)}")
+    old_version = int(info["version"])
+
+    report.step("drift against the new champion without new labels: the watcher starts nothing")
+    requests.post(f"{serving}/drift/reset", headers=admin, timeout=30)
+    send_shifted(serving)
+    drift = requests.get(f"{serving}/drift/status", timeout=30).json()
+    check(drift.get("drift_detected") is True, f"drift not detected: {drift}")
+    check(drift.get("labelled_rows_since_served") == 0, f"labels since the new champion: {drift}")
+    report.ok(f"drift_detected true, 0 labelled rows since version {drift.get('model_version')} was served")
 
     airflow.wait_unpaused_idle()
     feedback_url = f"{serving}/feedback/export"
@@ -211,17 +276,7 @@ def run_e2e(cfg: StackConfig) -> Report:
     report.ok(f"tasks {airflow.task_states(run_id)}")
 
     report.step("serving app reports a newer champion")
-
-    def newer_champion() -> dict[str, Any]:
-        info: dict[str, Any] = requests.get(f"{serving}/model/info", timeout=30).json()
-        if int(info.get("version") or 0) <= old_version:
-            raise NotYet(f"still on version {info.get('version')} (was {old_version})")
-        return info
-
-    try:
-        info = poll(newer_champion, timeout=120, interval=1.0)
-    except NotYet as exc:
-        raise StepFailed(f"{exc} 120s after the DAG run") from None
+    info = wait_newer_champion(serving, old_version, timeout=120)
     forced_seconds = time.monotonic() - t0
     report.timings["forced_trigger_to_new_champion_s"] = round(forced_seconds, 1)
     check(local_run_count(cfg) == runs_before + 1, "the forced DAG run did not submit exactly one pipeline run")
@@ -241,6 +296,11 @@ def run_e2e(cfg: StackConfig) -> Report:
     report.step("scheduled path with drift: exactly one run submitted")
     send_shifted(serving)
     report.ok(f"tasks {scheduled_run(airflow, cfg, submit_state='success', new_runs=1)}")
+
+    report.step("still exactly one asset-triggered run (drift without new labels starts none)")
+    event_runs = airflow.run_ids("asset_triggered") - events_before
+    check(len(event_runs) == 1, f"{len(event_runs)} asset-triggered runs, expected exactly one: {event_runs}")
+    report.ok(f"{event_runs}")
 
     start_file = cfg.root / "last-start-seconds"
     if start_file.exists():
