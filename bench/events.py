@@ -33,7 +33,7 @@ def poisson_interval(count: int, exposure: float) -> tuple[float, float]:
 
     low = stats.chi2.ppf(0.025, 2 * count) / 2 if count else 0.0
     high = stats.chi2.ppf(0.975, 2 * count + 2) / 2
-    return low / exposure, high / exposure
+    return float(low) / exposure, float(high) / exposure
 
 
 def _stream(client: Any, rule: str, rows: np.ndarray, per_minute: int, window_size: int) -> dict[str, int]:
