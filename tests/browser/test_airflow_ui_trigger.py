@@ -314,7 +314,15 @@ def run_state_in_runs_tab(page, stack, run_id: str, shots: Shots, step: str) -> 
     return state
 
 
-TASKS = ["check_params", "check_drift", "force_retrain", "submit_retrain", "confirm_champion"]
+TASKS = [
+    "check_params",
+    "check_drift",
+    "drift_event",
+    "capture_drift_report",
+    "force_retrain",
+    "submit_retrain",
+    "confirm_champion",
+]
 
 
 # -- the tests ---------------------------------------------------------------------------------------------
@@ -344,6 +352,8 @@ def test_forced_run_from_the_ui_form_serves_a_new_champion(ui, stack, api):
     assert ui_states == {
         "check_params": "success",
         "check_drift": "skipped",
+        "drift_event": "skipped",
+        "capture_drift_report": "skipped",
         "force_retrain": "success",
         "submit_retrain": "success",
         "confirm_champion": "success",
@@ -394,6 +404,8 @@ def test_default_run_from_the_ui_form_checks_drift_and_submits_nothing(ui, stack
     assert ui_states == {
         "check_params": "success",
         "check_drift": "skipped",
+        "drift_event": "skipped",
+        "capture_drift_report": "skipped",
         "force_retrain": "skipped",
         "submit_retrain": "skipped",
         "confirm_champion": "skipped",

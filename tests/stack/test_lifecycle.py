@@ -1,11 +1,18 @@
 """The embedded stack as a user drives it: `make run`, `make status`, `make e2e`, `make stop`,
 on free ports in a temporary state directory; plus the failure modes a user meets."""
 
+import json
+import os
+import signal
 import socket
+import sqlite3
 import subprocess
+import time
 
 import pytest
+import requests
 
+from stack.e2e import Airflow, send_shifted
 from tests.stack_fixture import stack_cmd, stack_env, stack_processes
 
 pytestmark = pytest.mark.stack
@@ -58,6 +65,55 @@ def test_run_again_status_e2e(embedded_stack):
     print(e2e.stdout[-6000:])
     assert e2e.returncode == 0, e2e.stdout[-6000:] + e2e.stderr[-3000:]
     assert "E2E PASSED" in e2e.stdout
+
+
+@pytest.mark.timeout(600)
+def test_drift_watcher_state_survives_a_killed_triggerer(embedded_stack):
+    """Drift without new labels: the watcher alerts once and starts nothing. Its state lives in Airflow's
+    asset state store, so a triggerer killed with SIGKILL and restarted by `make run` resumes it: the
+    window it already decided on raises no second alert and starts no run (with the state lost, the
+    next look at the same window would decide, and alert, again)."""
+    root = embedded_stack.root
+    env = embedded_stack.endpoints
+    log_file = root / "logs" / "airflow-triggerer.log"
+    poll = float(embedded_stack.env["DRIFT_RETRAIN_DRIFT_POLL_INTERVAL"])
+
+    def count(text: str) -> int:
+        return log_file.read_text(errors="replace").count(text)
+
+    def wait_for(what: str, more_than: int, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while count(what) <= more_than and time.monotonic() < deadline:
+            time.sleep(1)
+        assert count(what) > more_than, f"no new {what!r} in {log_file} after {timeout:.0f}s"
+        return count(what)
+
+    airflow = Airflow(env["AIRFLOW_URL"], env["AIRFLOW_USER"], env["AIRFLOW_PASSWORD"])
+    airflow.wait_unpaused_idle()
+    serving = env["SERVING_URL"]
+    status = requests.get(f"{serving}/drift/status", timeout=30).json()
+    assert status["labelled_rows_since_served"] == 0, status  # make e2e's last retrain came after its labels
+    alerts = count("ALERT drift watcher")
+    send_shifted(serving)
+    alerts = wait_for("ALERT drift watcher", alerts, 4 * poll + 30)
+    episode = f"episode {status['model_name']}:{status['model_version']}:{status['window_epoch']}."
+    assert episode in log_file.read_text(errors="replace").rsplit("ALERT drift watcher", 1)[1]
+    with sqlite3.connect(root / "airflow" / "airflow.db") as db:
+        (value,) = db.execute("SELECT value FROM asset_state_store WHERE key = 'drift_episodes'").fetchone()
+    state = json.loads(value)
+    assert state["blocked"]["episode"] == state["decided"]["episode"], state
+
+    starts = count("Drift watcher started")
+    os.kill(int((root / "pids" / "airflow-triggerer.pid").read_text()), signal.SIGKILL)
+    healed = embedded_stack.cmd("run", timeout=600)
+    assert healed.returncode == 0, healed.stdout[-3000:]
+    wait_for("Drift watcher started", starts, 180)
+    time.sleep(2 * poll + 5)  # two more looks at the same window
+    assert count("ALERT drift watcher") == alerts, log_file.read_text(errors="replace")[-3000:]
+    active = airflow.session.get(
+        f"{airflow.url}/api/v2/dags/drift_retrain/dagRuns", params={"state": ["running", "queued"]}, timeout=30
+    ).json()["dag_runs"]
+    assert active == [], active
 
 
 @pytest.mark.timeout(600)
