@@ -24,4 +24,20 @@ for _path in (_HELPERS, Path(__file__).resolve().parent):  # shared helpers, and
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+import pytest  # noqa: E402
 from kfp_test_fixtures import *  # noqa: E402,F401,F403  (shared: fake servers, runner, tiny pipeline)
+
+
+@pytest.fixture
+def stack(airflow_db, monkeypatch, tmp_path, serving):
+    """Stand-in serving app + local backend (stand-in runner) as the DAG's connections, for dag.test()."""
+    from kfp_test_fixtures import FAKE_RUNNER, free_port, local_conn, set_conn
+
+    runs_dir = tmp_path / "runs"
+    set_conn(monkeypatch, "kfp_default", local_conn(runs_dir, runner=[sys.executable, str(FAKE_RUNNER)]))
+    monkeypatch.setenv("FAKE_RUNNER_MODE", "")
+    # no MLflow server here: the submit task's MLflow bookkeeping fails fast (a warning, by design)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    serving.runs_dir = runs_dir
+    return serving

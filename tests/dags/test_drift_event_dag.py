@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 from drift_docs import status
-from kfp_test_fixtures import REPO, free_port, local_conn, set_conn
+from kfp_test_fixtures import REPO, free_port, set_conn
 
 from driftloop.retrain.episodes import Look, decide
 
@@ -172,19 +172,6 @@ def test_capture_drift_report(dag, monkeypatch):
 
 
 # -- whole runs started by a drift event ---------------------------------------------------------
-@pytest.fixture
-def stack(airflow_db, monkeypatch, tmp_path, serving):
-    from kfp_test_fixtures import FAKE_RUNNER
-
-    runs_dir = tmp_path / "runs"
-    set_conn(monkeypatch, "kfp_default", local_conn(runs_dir, runner=[sys.executable, str(FAKE_RUNNER)]))
-    monkeypatch.setenv("FAKE_RUNNER_MODE", "")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    serving.runs_dir = runs_dir
-    return serving
-
-
 @pytest.fixture
 def event_run(monkeypatch):
     """dag.test() runs as if the watcher's asset event had started them: the event is attached to the

@@ -18,7 +18,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from kfp_test_fixtures import REPO, local_conn, set_conn
+from kfp_test_fixtures import REPO
 
 DAGS = REPO / "dags"
 PIPELINE_YAML = REPO / "kfp_components" / "retrain_pipeline.yaml"
@@ -220,23 +220,6 @@ def test_check_params_rejects_a_non_boolean_force(dag):
 
 
 # -- whole runs with dag.test() ------------------------------------------------------------------
-@pytest.fixture
-def stack(airflow_db, monkeypatch, tmp_path, serving):
-    """Stand-in serving app + local backend (stand-in runner) as the DAG's connections."""
-    from kfp_test_fixtures import FAKE_RUNNER
-
-    runs_dir = tmp_path / "runs"
-    set_conn(monkeypatch, "kfp_default", local_conn(runs_dir, runner=[sys.executable, str(FAKE_RUNNER)]))
-    monkeypatch.setenv("FAKE_RUNNER_MODE", "")
-    # no MLflow server here: the submit task's MLflow bookkeeping fails fast (a warning, by design)
-    from kfp_test_fixtures import free_port
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    serving.runs_dir = runs_dir
-    return serving
-
-
 def _states(dr) -> dict:
     return {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in dr.get_task_instances()}
 

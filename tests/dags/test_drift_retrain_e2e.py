@@ -185,6 +185,8 @@ def test_no_drift_then_drift(e2e_env, e2e_dag):
     assert states == {
         "check_params": "success",
         "check_drift": "success",
+        "drift_event": "skipped",
+        "capture_drift_report": "success",
         "force_retrain": "skipped",
         "submit_retrain": "success",
         "confirm_champion": "success",
@@ -198,5 +200,13 @@ def test_no_drift_then_drift(e2e_env, e2e_dag):
 
     from mlflow.tracking import MlflowClient
 
-    champion = MlflowClient(e2e_env["mlflow"]).get_model_version_by_alias(model, "champion")
+    client = MlflowClient(e2e_env["mlflow"])
+    champion = client.get_model_version_by_alias(model, "champion")
     assert champion.version == result["registered_version"]
+    # the drift report that started the retrain is stored with the candidate's run, and linked
+    html = Path(client.download_artifacts(champion.run_id, "drift/report.html", str(e2e_env["root"]))).read_text()
+    assert html.count('<figure class="feature-chart') == 4 and "Drift detected" in html, html[:500]
+    submit = dr.get_task_instance("submit_retrain")
+    assert submit.xcom_pull(task_ids="submit_retrain", key="drift_report_url").endswith(
+        f"/runs/{champion.run_id}/artifactPath/drift/report.html"
+    )
