@@ -96,28 +96,33 @@ def detection_quality(windows: int = 500, size: int = 100, seed: int = 2026) -> 
     return rows
 
 
+def serving_app(mlflow_tracking_uri: str, model_name: str, state_dir: str, window_size: int):
+    """The real serving app in-process (Flask test client), its SQLite store under `state_dir`, the
+    champion of `model_name` loaded from MLflow, admin token `bench`."""
+    from serving.app import create_app
+
+    return create_app(
+        {
+            "MLFLOW_TRACKING_URI": mlflow_tracking_uri,
+            "MODEL_NAME": model_name,
+            "SERVING_STATE_DIR": state_dir,
+            "DRIFT_WINDOW_SIZE": window_size,
+            "SERVING_ADMIN_TOKEN": "bench",
+        }
+    )
+
+
 def status_latency(
     mlflow_tracking_uri: str, model_name: str, window_sizes=(100, 1_000, 10_000, 100_000), reads: int = 15
 ) -> list[dict]:
     """GET /drift/status of the real app (Flask test client, in-process; SQLite store in a temp dir,
     champion loaded from MLflow) with a full window of each size, filled through POST /predict."""
-    from serving.app import create_app
-
     _, pool = reference_and_pool()
     rng = np.random.default_rng(1)
     results = []
     for size in window_sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            app = create_app(
-                {
-                    "MLFLOW_TRACKING_URI": mlflow_tracking_uri,
-                    "MODEL_NAME": model_name,
-                    "SERVING_STATE_DIR": tmp,
-                    "DRIFT_WINDOW_SIZE": size,
-                    "SERVING_ADMIN_TOKEN": "bench",
-                }
-            )
-            client = app.test_client()
+            client = serving_app(mlflow_tracking_uri, model_name, tmp, size).test_client()
             for start in range(0, size, 1000):
                 rows = make_window(pool, rng, min(1000, size - start), 0.0).round(3).tolist()
                 resp = client.post("/predict", json={"instances": rows})

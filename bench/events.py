@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.drift import make_window, reference_and_pool
+from bench.drift import make_window, reference_and_pool, serving_app
 from driftloop.retrain.episodes import Look, decide
 
 ADMIN = {"Authorization": "Bearer bench"}
@@ -36,7 +36,7 @@ def poisson_interval(count: int, exposure: float) -> tuple[float, float]:
     return float(low) / exposure, float(high) / exposure
 
 
-def _stream(client: Any, rule: str, rows: np.ndarray, per_minute: int, window_size: int) -> dict[str, int]:
+def _stream(client: Any, rule: str, rows: np.ndarray, per_minute: int) -> dict[str, int]:
     """Feed `rows` at `per_minute` rows a poll; run the rule once a poll; count decisions and fires."""
     state: dict[str, Any] = {}
     decisions = fires = polls = 0
@@ -68,24 +68,14 @@ def false_retrains(
     seed: int = 2026,
 ) -> list[dict]:
     """Per rate and rule: decisions and false retrains per 10,000 in-distribution rows, with a 95 % interval."""
-    from serving.app import create_app
-
     _, pool = reference_and_pool()
     results = []
     for per_minute in rates_per_minute:
         rows = make_window(pool, np.random.default_rng(seed + per_minute), rows_per_rate, 0.0)
         for rule in ("fresh", "every poll"):
             with tempfile.TemporaryDirectory() as tmp:
-                app = create_app(
-                    {
-                        "MLFLOW_TRACKING_URI": mlflow_tracking_uri,
-                        "MODEL_NAME": model_name,
-                        "SERVING_STATE_DIR": tmp,
-                        "DRIFT_WINDOW_SIZE": window_size,
-                        "SERVING_ADMIN_TOKEN": "bench",
-                    }
-                )
-                counts = _stream(app.test_client(), rule, rows, per_minute, window_size)
+                app = serving_app(mlflow_tracking_uri, model_name, tmp, window_size)
+                counts = _stream(app.test_client(), rule, rows, per_minute)
             per_10k = len(rows) / 10_000
             low, high = poisson_interval(counts["fires"], per_10k)
             results.append(

@@ -12,6 +12,9 @@ import textwrap
 from types import SimpleNamespace
 
 import pytest
+from dag_runs import local_runs as _runs
+from dag_runs import parse_dag
+from dag_runs import task_states as _states
 from drift_docs import status
 from kfp_test_fixtures import REPO, free_port, set_conn
 
@@ -23,14 +26,7 @@ PAYLOAD = decide(Look.from_status(status()), {}).event
 
 @pytest.fixture(scope="module")
 def dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DRIFT_RETRAIN_POLL_INTERVAL", "0.3")
-        mp.setenv("DRIFT_RETRAIN_DRIFT_POLL_INTERVAL", "5")
-        bag = DagBag(dag_folder=str(DAGS))
-    assert bag.import_errors == {}
-    return bag.dags["drift_retrain"]
+    return parse_dag(DRIFT_RETRAIN_POLL_INTERVAL="0.3", DRIFT_RETRAIN_DRIFT_POLL_INTERVAL="5")
 
 
 def asset_events(payload=PAYLOAD, name="serving_drift", n=1):
@@ -197,16 +193,6 @@ def event_run(monkeypatch):
 
     monkeypatch.setattr(dagrun_module, "get_or_create_dagrun", with_event)
     return payloads
-
-
-def _states(dr) -> dict:
-    return {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in dr.get_task_instances()}
-
-
-def _runs(runs_dir):
-    from airflow_kfp_provider.local_runs import LocalRunStore
-
-    return LocalRunStore(runs_dir).list_runs()
 
 
 def test_an_event_run_retrains_once_per_episode(dag, stack, event_run):

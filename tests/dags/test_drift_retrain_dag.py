@@ -18,6 +18,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from dag_runs import local_runs as _runs
+from dag_runs import parse_dag
+from dag_runs import task_states as _states
 from kfp_test_fixtures import REPO
 
 DAGS = REPO / "dags"
@@ -89,13 +92,7 @@ def test_each_dag_file_parses_in_under_a_second(parse_report):
 # -- the DAG's contract ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DRIFT_RETRAIN_POLL_INTERVAL", "0.3")  # read when the DAG file is parsed
-        bag = DagBag(dag_folder=str(DAGS))
-    assert bag.import_errors == {}
-    return bag.dags["drift_retrain"]
+    return parse_dag(DRIFT_RETRAIN_POLL_INTERVAL="0.3")  # read when the DAG file is parsed
 
 
 def test_schedule_and_run_policy(dag):
@@ -220,16 +217,6 @@ def test_check_params_rejects_a_non_boolean_force(dag):
 
 
 # -- whole runs with dag.test() ------------------------------------------------------------------
-def _states(dr) -> dict:
-    return {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in dr.get_task_instances()}
-
-
-def _runs(runs_dir: Path) -> list[dict]:
-    from airflow_kfp_provider.local_runs import LocalRunStore
-
-    return LocalRunStore(runs_dir).list_runs()
-
-
 def test_no_drift_submits_nothing_and_skips_downstream(dag, stack):
     stack.set_drift(False)
     dr = dag.test()

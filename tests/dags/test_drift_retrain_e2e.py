@@ -24,6 +24,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from dag_runs import local_runs, parse_dag
+from dag_runs import task_states as _states
 from kfp_test_fixtures import REPO, free_port, local_conn, set_conn
 
 pytestmark = [
@@ -141,23 +143,11 @@ def e2e_env(e2e_stack, airflow_db, monkeypatch):
 
 @pytest.fixture(scope="module")
 def e2e_dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DRIFT_RETRAIN_POLL_INTERVAL", "2")  # read when the DAG file is parsed
-        bag = DagBag(dag_folder=str(REPO / "dags"))
-    assert bag.import_errors == {}
-    return bag.dags["drift_retrain"]
+    return parse_dag(DRIFT_RETRAIN_POLL_INTERVAL="2")  # read when the DAG file is parsed
 
 
 def _runs(stack) -> list[dict]:
-    from airflow_kfp_provider.local_runs import LocalRunStore
-
-    return LocalRunStore(stack["root"] / "kfp-runs").list_runs()
-
-
-def _states(dr) -> dict:
-    return {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in dr.get_task_instances()}
+    return local_runs(stack["root"] / "kfp-runs")
 
 
 def test_no_drift_then_drift(e2e_env, e2e_dag):
