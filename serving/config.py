@@ -35,7 +35,7 @@ class ServingConfig:
     drift_threshold: float = field(default=0.05, metadata={"env": "DRIFT_THRESHOLD"})
     drift_window_size: int = field(default=100, metadata={"env": "DRIFT_WINDOW_SIZE"})
     drift_min_samples: int = field(default=0, metadata={"env": "DRIFT_MIN_SAMPLES"})  # 0 = window size
-    drift_correction: str = field(default="bonferroni", metadata={"env": "DRIFT_CORRECTION"})
+    drift_correction: str = field(default="acat", metadata={"env": "DRIFT_CORRECTION"})
     # state shared by all workers and restarts
     state_dir: str = field(default=".stack/serving", metadata={"env": "SERVING_STATE_DIR"})
     # sqlite:///<path> or postgresql://user:password@host:port/db (serving/store/__init__.py);

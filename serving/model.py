@@ -29,6 +29,7 @@ import numpy as np
 
 from driftloop.contract import CHAMPION_ALIAS, ONNX_ARTIFACT, ONNX_PARITY_TAG, REFERENCE_ARTIFACT
 from driftloop.settings import parse_bool
+from serving.drift_stats import ReferenceStats, reference_stats
 from serving.model_cache import Backend, CopyFiles, CopyUnusable, ModelCopies, VerifiedCopy
 from serving.timestamps import iso_utc
 
@@ -130,6 +131,11 @@ class LoadedModel:
     backend_note: str | None = None
     source: ModelSource = REGISTRY  # REGISTRY, or LOCAL_COPY when MLflow was unreachable
     copy_saved_at: str | None = None  # when the local copy it came from was written
+    # what every drift check needs from the reference, computed once when the version is loaded
+    reference_stats: ReferenceStats = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reference_stats", reference_stats(self.reference))
 
     @property
     def n_features(self) -> int:

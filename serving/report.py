@@ -36,6 +36,11 @@ BINS = 30
 REFERENCE_COLOR = "#7b8794"
 WINDOW_COLOR = "#d9480f"
 CORRECTIONS = {
+    "acat": (
+        "acat: the features' KS tests, Hotelling's T² of the mean and the Mahalanobis-distance test combined "
+        "into one p-value (Cauchy combination), drift when it is below the threshold; a feature is flagged "
+        "when its own KS p-value is below the per-feature threshold (Bonferroni)"
+    ),
     "bonferroni": "Bonferroni: the chance of any false alarm is at most the threshold",
     "bh": "Benjamini-Hochberg: the expected share of false alarms among alarms is at most the threshold",
     "none": "none: each feature is tested at the threshold on its own",
@@ -150,6 +155,18 @@ def _header(status: DriftStatus, model: str) -> str:
         ),
         ("Checked at", status.get("checked_at", "?")),
     ]
+    multivariate = status.get("multivariate")
+    if multivariate is not None:
+        t2, dist = multivariate["hotelling_t2"], multivariate["mahalanobis"]
+        items[8:8] = [
+            ("Combined p-value", _p(status.get("combined_p_value", 1.0))),
+            ("Hotelling T² (mean)", f"{t2['statistic']:.3g}, p {_p(t2['p_value'])}, {t2['distribution']}"),
+            (
+                "Mahalanobis distances",
+                f"median {dist['window_median']:.3g} vs reference {dist['reference_median']:.3g}, "
+                f"p {_p(dist['p_value'])}",
+            ),
+        ]
     summary = "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in items)
     notes = [CORRECTIONS.get(status["correction"], status["correction"]) + "."]
     if "reason" in status:
@@ -160,7 +177,12 @@ def _header(status: DriftStatus, model: str) -> str:
         )
     elif status["drift_detected"]:
         drifted = ", ".join(status.get("drifted_features", []))
-        notes.insert(0, f"Drifted: {drifted}.")
+        notes.insert(
+            0,
+            f"Drifted: {drifted}."
+            if drifted
+            else "Drifted as a whole: no feature moved enough on its own; the multivariate tests say how.",
+        )
     note_html = "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
     legend = (
         f'<p class="note legend"><span class="swatch reference"></span>reference ({status["reference_samples"]} rows) '

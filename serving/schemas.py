@@ -198,6 +198,25 @@ class FeatureDrift(TypedDict):
     drift: bool
 
 
+class HotellingT2(TypedDict):
+    statistic: float
+    p_value: float
+    dimensions: Annotated[int, Field(description="directions tested: features not constant in the reference")]
+    distribution: Annotated[str, Field(description="the null distribution used: F(k, n-k), chi2(k) or none")]
+
+
+class MahalanobisTest(TypedDict):
+    statistic: Annotated[float, Field(description="Mann-Whitney U of the window's squared distances")]
+    p_value: float
+    window_median: float
+    reference_median: float
+
+
+class MultivariateTests(TypedDict):
+    hotelling_t2: HotellingT2
+    mahalanobis: MahalanobisTest
+
+
 class DriftStatus(TypedDict):
     drift_detected: bool
     threshold: float
@@ -206,7 +225,11 @@ class DriftStatus(TypedDict):
     features: dict[str, FeatureDrift]
     feature_names: list[str]
     drifted_features: NotRequired[list[str]]
-    correction: Literal["bonferroni", "bh", "none"]
+    correction: Literal["acat", "bonferroni", "bh", "none"]
+    combined_p_value: NotRequired[
+        Annotated[float, Field(description="acat: all tests combined by the Cauchy combination; drift when < threshold")]
+    ]
+    multivariate: NotRequired[MultivariateTests]
     adjusted_threshold: float
     window_size: int
     min_samples: int

@@ -38,7 +38,7 @@ def _status(c: ServingContext, active: Active, snapshot: WindowSnapshot, counts:
     m = active.model
     cfg = c.config
     report = drift_report(
-        m.reference,
+        m.reference_stats,
         snapshot.rows,
         m.feature_names,
         threshold=cfg.drift_threshold,
