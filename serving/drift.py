@@ -2,8 +2,9 @@
 Plain numpy/scipy, no Flask, no storage.
 
 `DRIFT_CORRECTION` chooses how:
-- `acat` (default): the per-feature KS p-values, Hotelling's T² and the Mahalanobis-distance test
-  combined by the Cauchy combination (equal weights) into one p-value, drift when it is below
+- `acat` (default): the per-feature KS p-values, Hotelling's T² on the values and on their normal
+  scores, and the Mahalanobis-distance test combined by the Cauchy combination (equal weights) into
+  one p-value, drift when it is below
   `threshold`. It keeps false alarms at the threshold and catches shifts the per-feature tests miss
   (a small shift of several features, a broken correlation): `make bench`'s detection table.
 - `bonferroni`: KS per feature only, drift when a p-value is below threshold/m (family-wise level).
@@ -25,10 +26,17 @@ from typing import TYPE_CHECKING, Literal, get_args
 import numpy as np
 from scipy import stats
 
-from serving.drift_stats import ReferenceStats, WindowTests, cauchy_combination, reference_stats, window_tests
+from serving.drift_stats import (
+    Hotelling,
+    ReferenceStats,
+    WindowTests,
+    cauchy_combination,
+    reference_stats,
+    window_tests,
+)
 
 if TYPE_CHECKING:
-    from serving.schemas import DriftStatus, FeatureDrift
+    from serving.schemas import DriftStatus, FeatureDrift, HotellingT2
 
 Correction = Literal["acat", "bonferroni", "bh", "none"]
 CORRECTIONS: tuple[Correction, ...] = get_args(Correction)
@@ -116,7 +124,7 @@ def drift_report(
     if n < max(min_samples, 1):
         base["reason"] = f"Collecting samples ({n}/{min_samples})"
         return base
-    tests = window_tests(ref, window)
+    tests = window_tests(ref, window, multivariate=method == "acat")
     decision = decide(tests, threshold, method)
     features: dict[str, FeatureDrift] = {}
     for i, name in enumerate(feature_names):
@@ -131,15 +139,11 @@ def drift_report(
     base["adjusted_threshold"] = decision.cutoff
     base["drift_detected"] = decision.drift
     base["drifted_features"] = [feature_names[int(i)] for i in np.nonzero(decision.feature_drift)[0]]
-    if method == "acat":
+    if tests.hotelling is not None and tests.hotelling_scores is not None and tests.distances is not None:
         base["combined_p_value"] = decision.p_value
         base["multivariate"] = {
-            "hotelling_t2": {
-                "statistic": round(tests.hotelling.statistic, 6),
-                "p_value": tests.hotelling.p_value,
-                "dimensions": tests.hotelling.dimensions,
-                "distribution": tests.hotelling.distribution,
-            },
+            "hotelling_t2": _hotelling(tests.hotelling),
+            "hotelling_t2_scores": _hotelling(tests.hotelling_scores),
             "mahalanobis": {
                 "statistic": tests.distances.statistic,
                 "p_value": tests.distances.p_value,
@@ -148,6 +152,15 @@ def drift_report(
             },
         }
     return base
+
+
+def _hotelling(h: Hotelling) -> HotellingT2:
+    return {
+        "statistic": round(h.statistic, 6),
+        "p_value": h.p_value,
+        "dimensions": h.dimensions,
+        "distribution": h.distribution,
+    }
 
 
 @dataclass(frozen=True)
@@ -167,7 +180,5 @@ def decide(tests: WindowTests, threshold: float, correction: str) -> Decision:
     if method != "acat":
         smallest = float(adjusted.min()) if adjusted.size else 1.0
         return Decision(bool(reject.any()), smallest, float(cutoff), adjusted, reject)
-    combined = cauchy_combination(
-        np.concatenate([tests.ks_p_values, [tests.hotelling.p_value, tests.distances.p_value]])
-    )
+    combined = cauchy_combination(np.concatenate([tests.ks_p_values, tests.multivariate_p_values()]))
     return Decision(combined < threshold, combined, float(cutoff), adjusted, reject)

@@ -37,7 +37,8 @@ REFERENCE_COLOR = "#7b8794"
 WINDOW_COLOR = "#d9480f"
 CORRECTIONS = {
     "acat": (
-        "acat: the features' KS tests, Hotelling's T² of the mean and the Mahalanobis-distance test combined "
+        "acat: the features' KS tests, Hotelling's T² of the mean (values and normal scores) and the "
+        "Mahalanobis-distance test combined "
         "into one p-value (Cauchy combination), drift when it is below the threshold; a feature is flagged "
         "when its own KS p-value is below the per-feature threshold (Bonferroni)"
     ),
@@ -157,10 +158,11 @@ def _header(status: DriftStatus, model: str) -> str:
     ]
     multivariate = status.get("multivariate")
     if multivariate is not None:
-        t2, dist = multivariate["hotelling_t2"], multivariate["mahalanobis"]
+        t2, ranks, dist = multivariate["hotelling_t2"], multivariate["hotelling_t2_scores"], multivariate["mahalanobis"]
         items[8:8] = [
             ("Combined p-value", _p(status.get("combined_p_value", 1.0))),
             ("Hotelling T² (mean)", f"{t2['statistic']:.3g}, p {_p(t2['p_value'])}, {t2['distribution']}"),
+            ("T² on normal scores", f"{ranks['statistic']:.3g}, p {_p(ranks['p_value'])}, {ranks['distribution']}"),
             (
                 "Mahalanobis distances",
                 f"median {dist['window_median']:.3g} vs reference {dist['reference_median']:.3g}, "

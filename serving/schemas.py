@@ -214,6 +214,7 @@ class MahalanobisTest(TypedDict):
 
 class MultivariateTests(TypedDict):
     hotelling_t2: HotellingT2
+    hotelling_t2_scores: Annotated[HotellingT2, Field(description="the same test on the values' normal scores")]
     mahalanobis: MahalanobisTest
 
 
