@@ -1,13 +1,6 @@
-"""Drift detection quality (false alarms and detection rate) and the cost of `/drift/status` as the
-window grows.
-
-Detectors compared on the same windows:
-- `project` — serving.drift.drift_report with the serving default (Bonferroni, family-wise 0.05);
-- `seed` — the seed's detector: four KS tests at p < 0.05, no correction;
-- `alibi-style` — an independent re-implementation of alibi-detect's KSDrift default (two-sample KS
-  per feature, Bonferroni: drift when min p < p_val / n_features);
-- `project-bh` — serving's Benjamini-Hochberg option.
-"""
+"""The iris windows of `make bench` (the champion's reference, bootstrapped rows with measurement
+noise), the in-process serving app, and the cost of `/drift/status` as the window grows. Detection
+quality is bench/detection.py's."""
 
 from __future__ import annotations
 
@@ -17,11 +10,9 @@ import time
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from kfp_components.steps.data import BUNDLED_IRIS
 from kfp_components.steps.train import TrainConfig, split
-from serving.drift import drift_report
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 PETAL_LENGTH = FEATURES.index("petal_length")
@@ -39,61 +30,6 @@ def make_window(pool: np.ndarray, rng: np.random.Generator, size: int, shift: fl
     window = pool[rng.integers(0, len(pool), size)] + rng.normal(0.0, 0.05, (size, pool.shape[1]))
     window[:, PETAL_LENGTH] += shift
     return window
-
-
-def seed_detector(reference, window, alpha=0.05) -> bool:
-    return any(stats.ks_2samp(reference[:, i], window[:, i]).pvalue < alpha for i in range(reference.shape[1]))
-
-
-def alibi_style_detector(reference, window, alpha=0.05) -> bool:
-    p = [stats.ks_2samp(reference[:, i], window[:, i]).pvalue for i in range(reference.shape[1])]
-    return min(p) < alpha / len(p)
-
-
-def project_detector(correction: str):
-    def detect(reference, window, alpha=0.05) -> bool:
-        return drift_report(
-            reference,
-            window,
-            FEATURES,
-            threshold=alpha,
-            correction=correction,
-            window_size=len(window),
-            min_samples=len(window),
-        )["drift_detected"]
-
-    return detect
-
-
-DETECTORS = {
-    "project (Bonferroni, default)": project_detector("bonferroni"),
-    "project-bh (Benjamini-Hochberg)": project_detector("bh"),
-    "alibi-style KS + Bonferroni": alibi_style_detector,
-    "seed (no correction)": seed_detector,
-}
-SCENARIOS = {"no shift (false alarms)": 0.0, "+0.5 cm petal length": 0.5, "+0.25 cm petal length (subtle)": 0.25}
-
-
-def detection_quality(windows: int = 500, size: int = 100, seed: int = 2026) -> list[dict]:
-    reference, pool = reference_and_pool()
-    rows = []
-    for scenario, shift in SCENARIOS.items():
-        rng = np.random.default_rng(seed)
-        samples = [make_window(pool, rng, size, shift) for _ in range(windows)]
-        for name, detect in DETECTORS.items():
-            t0 = time.perf_counter()
-            fired = int(sum(bool(detect(reference, w)) for w in samples))
-            rows.append(
-                {
-                    "scenario": scenario,
-                    "detector": name,
-                    "windows": windows,
-                    "window_rows": size,
-                    "drift_rate": fired / windows,
-                    "ms_per_check": (time.perf_counter() - t0) * 1000 / windows,
-                }
-            )
-    return rows
 
 
 def serving_app(mlflow_tracking_uri: str, model_name: str, state_dir: str, window_size: int):
