@@ -34,7 +34,7 @@ def summarize_drift(status: dict[str, Any]) -> str:
         if isinstance(info, dict) and info.get("drift")
     ]
     extra = []
-    for key in ("samples", "threshold", "correction", "model_version"):
+    for key in ("samples", "threshold", "correction", "combined_p_value", "model_version"):
         if status.get(key) is not None:
             extra.append(f"{key}={status[key]}")
     return f"drifted features: {', '.join(drifted) or 'none'}; " + ", ".join(extra)

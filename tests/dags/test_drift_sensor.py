@@ -89,3 +89,15 @@ def test_summary_names_the_drifted_features():
         }
     )
     assert "petal_length (p=0.0001" in text and "sepal_width" not in text and "correction=bonferroni" in text
+
+
+def test_summary_of_drift_as_a_whole_gives_the_combined_p_value():
+    text = summarize_drift(
+        {
+            "samples": 100,
+            "correction": "acat",
+            "combined_p_value": 0.0004,
+            "features": {"petal_length": {"ks_stat": 0.1, "p_value": 0.04, "drift": False}},
+        }
+    )
+    assert text.startswith("drifted features: none;") and "combined_p_value=0.0004" in text

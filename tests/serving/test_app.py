@@ -219,7 +219,7 @@ def test_drift_status_reset_and_metrics(app, client, champion):
     client.post("/drift/reset", headers=AUTH)
     status = client.get("/drift/status").json
     assert status["samples"] == 0 and status["reason"] == "Collecting samples (0/100)"
-    assert status["model_version"] == champion.version and status["correction"] == "bonferroni"
+    assert status["model_version"] == champion.version and status["correction"] == "acat"
     client.post("/predict", json={"instances": [SETOSA] * 3})
     assert client.get("/drift/status").json["samples"] == 3
     reset = client.post("/drift/reset", headers=AUTH)

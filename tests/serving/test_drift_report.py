@@ -1,7 +1,8 @@
 """The drift window's identity and labels in /drift/status, and the /drift/report page, in-process (Flask test
 client) against the real MLflow server: the new status keys, resets, labelled counts after /feedback, the
 page's content, escaping, CSP, cache, the collecting state, 503 without a model, and that /predict never
-loads matplotlib."""
+loads matplotlib; the acat default, its statistics computed once per model version, Bonferroni on request,
+and a served reference with constant and collinear columns."""
 
 from __future__ import annotations
 
@@ -131,6 +132,67 @@ def test_report_shows_the_status_numbers_per_feature(client, champion):
         assert (">drift<" in body) == feature["drift"]
     assert "petal_length" in status["drifted_features"]
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing to fetch
+    assert status["correction"] == "acat"  # the default
+    t2 = status["multivariate"]["hotelling_t2"]
+    assert f"Combined p-value</dt><dd>{status['combined_p_value']:.3g}<" in page
+    assert f"{t2['statistic']:.3g}, p {t2['p_value']:.3g}, {t2['distribution']}" in page
+    assert "T² on normal scores" in page and "Mahalanobis distances" in page
+
+
+def test_reference_statistics_are_computed_once_per_model_version(app, client, monkeypatch):
+    """A look uses the statistics the loaded version carries; computing them again would fail here."""
+    import serving.drift
+    import serving.drift_stats
+
+    def again(*_a, **_k):
+        raise AssertionError("reference statistics computed during a request")
+
+    monkeypatch.setattr(serving.drift, "reference_stats", again)
+    monkeypatch.setattr(serving.drift_stats, "reference_stats", again)
+    client.post("/drift/reset", headers=AUTH)
+    rows, _ = shifted_iris(100, seed=4, shift=0.0)
+    _send(client, rows)
+    active = app.extensions["serving"].manager.active
+    before = active.model.reference_stats
+    for _ in range(2):
+        status = client.get("/drift/status").json
+        assert "reason" not in status and "multivariate" in status
+    assert app.extensions["serving"].manager.active.model.reference_stats is before
+
+
+def test_bonferroni_stays_selectable(mlflow_server, model_name, champion, tmp_path):
+    c = make_app(mlflow_server, model_name, tmp_path, DRIFT_CORRECTION="bonferroni").test_client()
+    rows, _ = shifted_iris(100, seed=5, shift=1.5)
+    _send(c, rows)
+    status = c.get("/drift/status").json
+    assert status["correction"] == "bonferroni" and status["drift_detected"] is True
+    assert "multivariate" not in status and "combined_p_value" not in status
+    assert status["adjusted_threshold"] == pytest.approx(0.05 / 4)
+
+
+def test_a_served_reference_with_constant_and_collinear_columns_is_checked(mlflow_server, tmp_path, iris):
+    """Degenerate references are data people ship: a constant column (a sensor stuck at its default) and
+    a column that is another one doubled. The app loads the version and answers every look (the rules:
+    serving/drift_stats.py); moving the constant column is drift."""
+    X, y = iris
+    frame = X.copy()
+    frame["stuck"] = 1.0
+    frame["petal_length_x2"] = 2 * frame["petal_length"]
+    name = f"degenerate-{uuid.uuid4().hex[:8]}"
+    log_like_pipeline(mlflow_server, name, frame, y, with_onnx=False)
+    c = make_app(mlflow_server, name, tmp_path).test_client()
+    rows = frame.to_numpy()[np.random.default_rng(0).permutation(len(frame))[:100]]  # every class
+    _send(c, rows)
+    status = c.get("/drift/status").json
+    assert status["samples"] == 100 and status["drift_detected"] is False, status
+    assert status["multivariate"]["hotelling_t2"]["dimensions"] == 5  # the stuck column takes no part
+    assert c.get("/drift/report").status_code == 200
+    c.post("/drift/reset", headers=AUTH)
+    moved = rows.copy()
+    moved[:, 4] = 2.0
+    _send(c, moved)
+    status = c.get("/drift/status").json
+    assert status["drift_detected"] is True and "stuck" in status["drifted_features"]
 
 
 def test_report_is_cached_per_tested_window(client):
