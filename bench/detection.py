@@ -210,7 +210,6 @@ def _rows(protocol: str, data: str, shift: str, tally: Tally) -> list[dict]:
     return out
 
 
-
 def held_out_quality(windows: int = 300, null_windows: int = 1_000, size: int = 100, seed: int = 14) -> list[dict]:
     rows = []
     for data in datasets():
@@ -254,11 +253,15 @@ BENCH_SHIFTS = {
     "+0.1 cm on all four features": _cm(None, 0.1),
     "petal length's spread ×1.5": _cm_spread("petal_length"),
     "sepal width's spread ×1.5": _cm_spread("sepal_width"),
-    "petal length's correlation broken": lambda w, ref, rng: _decorrelated(w, None, ref, IRIS.index("petal_length"), rng),
+    "petal length's correlation broken": lambda w, ref, rng: _decorrelated(
+        w, None, ref, IRIS.index("petal_length"), rng
+    ),
 }
 
 
-def bench_protocol_quality(windows: int = 300, null_windows: int = 1_000, size: int = 100, seed: int = 2026) -> list[dict]:
+def bench_protocol_quality(
+    windows: int = 300, null_windows: int = 1_000, size: int = 100, seed: int = 2026
+) -> list[dict]:
     """Iris as `make bench` measured it before #14 (see the module docstring)."""
     from bench.drift import make_window, reference_and_pool
 
@@ -338,7 +341,9 @@ def goals(quality: list[dict], cost: list[dict], detector: str = "acat") -> list
             cells = [
                 q
                 for q in quality
-                if q["protocol"] == protocol and q["shift"] == shift and q["detector"] == det
+                if q["protocol"] == protocol
+                and q["shift"] == shift
+                and q["detector"] == det
                 and (data is None or q["data"] == data)
             ]
             worst = max(cells, key=lambda q: q["rate"]) if cmp == "<=" else min(cells, key=lambda q: q["rate"])

@@ -33,7 +33,10 @@ def detection_tables(d: dict) -> list[str]:
         out.append(f"| {g['measure']} | {g['goal']} | {cells[0]} | {cells[1]} | {'yes' if g['met'] else 'NO'} |")
     out += ["", "### Drift detection rates (95 % intervals; rate = share of windows where drift was reported)", ""]
     head = " | ".join(DETECTORS.values())
-    out += [f"| protocol | data | shift | rows | windows | {head} |", "| --- | --- | --- | ---: | ---: |" + " ---: |" * len(DETECTORS)]
+    out += [
+        f"| protocol | data | shift | rows | windows | {head} |",
+        "| --- | --- | --- | ---: | ---: |" + " ---: |" * len(DETECTORS),
+    ]
     cells: dict[tuple, dict] = {}
     for q in d["quality"]:
         cells.setdefault((q["protocol"], q["data"], q["shift"]), {})[q["detector"]] = q

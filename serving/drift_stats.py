@@ -24,12 +24,12 @@ kinds of two-sample test, each giving p-values that `serving/drift.py` turns int
   (`make bench`: +0.2 cm sepal width).
 - **Mahalanobis distances** (on the normal scores) — rows that sit where the reference has no mass
   although every marginal and the mean are unchanged (a broken correlation, a spread): the window's
-  squared distances against the reference's own, by a two-sided Mann-Whitney test (normal approximation with tie and continuity
-  corrections: scipy's `mannwhitneyu(method="asymptotic")`, counted against the sorted reference
-  distances instead of ranking both samples again). The reference's distances are out-of-fold
-  (10 folds, each row measured with the mean and covariance of the others) so that they are as far
-  from the reference's centre as unseen rows are; in-sample distances are smaller and would make
-  every window look drifted once there are many features.
+  squared distances against the reference's own, by a two-sided Mann-Whitney test (normal
+  approximation with tie and continuity corrections: scipy's `mannwhitneyu(method="asymptotic")`,
+  counted against the sorted reference distances instead of ranking both samples again). The
+  reference's distances are out-of-fold (10 folds, each row measured with the mean and covariance
+  of the others) so that they are as far from the reference's centre as unseen rows are; in-sample
+  distances are smaller and would make every window look drifted once there are many features.
 
 Degenerate data has a defined answer (tests/serving/test_drift_stats.py holds each):
 - a column that is constant in the reference takes no part in T² and the distances (its variance is
@@ -72,7 +72,7 @@ def ledoit_wolf(z: np.ndarray) -> np.ndarray:
     shrinkage = 0.0 if delta == 0 else min(beta, delta) / delta
     shrunk = (1.0 - shrinkage) * sample
     shrunk[np.diag_indices(p)] += shrinkage * mu
-    return shrunk
+    return np.asarray(shrunk, dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,8 @@ class Whitening:
         return int(self.matrix.shape[1])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return ((x[:, self.varying] - self.mean[self.varying]) / self.scale[self.varying]) @ self.matrix
+        standardised = (x[:, self.varying] - self.mean[self.varying]) / self.scale[self.varying]
+        return np.asarray(standardised @ self.matrix, dtype=np.float64)
 
 
 def whitening(x: np.ndarray) -> Whitening:
@@ -109,7 +110,7 @@ def whitening(x: np.ndarray) -> Whitening:
 def score_table(n: int) -> np.ndarray:
     """Φ⁻¹((r + ½)/(n + 1)) for every mid-rank r = k/2, k = 0 … 2n, among n reference values: a
     lookup instead of an inverse normal per value."""
-    return special.ndtri((np.arange(2 * n + 1) / 2.0 + 0.5) / (n + 1))
+    return np.asarray(special.ndtri((np.arange(2 * n + 1) / 2.0 + 0.5) / (n + 1)), dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def normal_scores(sorted_reference: np.ndarray, table: np.ndarray, sample: Colum
 
 
 def squared_distances(white: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", white, white)
+    return np.asarray(np.einsum("ij,ij->i", white, white), dtype=np.float64)
 
 
 def out_of_fold_distances(x: np.ndarray, folds: int = FOLDS, seed: int = 0) -> np.ndarray:
@@ -225,7 +226,8 @@ class WindowTests:
 def ks_p_value(d: np.ndarray, n_ref: int, n_win: int) -> np.ndarray:
     """Two-sided two-sample KS p-value of statistic(s) `d` (Stephens-corrected Kolmogorov limit)."""
     root = math.sqrt(n_ref * n_win / (n_ref + n_win))
-    return np.clip(special.kolmogorov((root + 0.12 + 0.11 / root) * np.asarray(d, dtype=np.float64)), 0.0, 1.0)
+    p = special.kolmogorov((root + 0.12 + 0.11 / root) * np.asarray(d, dtype=np.float64))
+    return np.asarray(np.clip(p, 0.0, 1.0), dtype=np.float64)
 
 
 def ks_tests(ref: ReferenceStats, window: Columns) -> tuple[np.ndarray, np.ndarray]:

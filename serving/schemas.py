@@ -228,7 +228,9 @@ class DriftStatus(TypedDict):
     drifted_features: NotRequired[list[str]]
     correction: Literal["acat", "bonferroni", "bh", "none"]
     combined_p_value: NotRequired[
-        Annotated[float, Field(description="acat: all tests combined by the Cauchy combination; drift when < threshold")]
+        Annotated[
+            float, Field(description="acat: all tests combined by the Cauchy combination; drift when < threshold")
+        ]
     ]
     multivariate: NotRequired[MultivariateTests]
     adjusted_threshold: float

@@ -26,7 +26,9 @@ def test_shifts_change_what_their_names_say_and_nothing_else():
     labels = rng.integers(0, 3, 200)
     shifts = detection.SHIFTS
     moved = shifts["one feature +0.5 sd"](window, labels, ref, 1, rng)
-    assert (moved - window)[:, 1] == pytest.approx(0.5 * ref[:, 1].std()) and (moved[:, [0, 2]] == window[:, [0, 2]]).all()
+    assert (moved - window)[:, 1] == pytest.approx(0.5 * ref[:, 1].std()) and (
+        moved[:, [0, 2]] == window[:, [0, 2]]
+    ).all()
     spread = shifts["one feature's spread ×1.5"](window, labels, ref, 2, rng)
     centre = ref[:, 2].mean()
     assert spread[:, 2] - centre == pytest.approx(1.5 * (window[:, 2] - centre))
@@ -46,7 +48,8 @@ def test_held_out_windows_never_contain_reference_rows():
         ref_rows = {tuple(r) for r in ref_x}
         held = [tuple(r) for r in window]
         # iris repeats a few rows; a held-out row may equal a reference row only if the data set has it twice
-        duplicates = {tuple(r) for r, n in zip(*np.unique(iris.x, axis=0, return_counts=True)) if n > 1}
+        values, counts = np.unique(iris.x, axis=0, return_counts=True)
+        duplicates = {tuple(r) for r in values[counts > 1]}
         assert all(r not in ref_rows or r in duplicates for r in held)
         seen += 1
     assert seen == 5

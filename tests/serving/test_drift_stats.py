@@ -53,7 +53,9 @@ def test_ks_statistic_is_scipys_and_the_p_value_is_close_to_the_exact_one():
 
 def test_ks_p_value_is_the_stephens_corrected_kolmogorov_limit():
     root = np.sqrt(100 * 100 / 200)
-    assert ks_p_value(np.array([0.2]), 100, 100)[0] == pytest.approx(special.kolmogorov((root + 0.12 + 0.11 / root) * 0.2))
+    assert ks_p_value(np.array([0.2]), 100, 100)[0] == pytest.approx(
+        special.kolmogorov((root + 0.12 + 0.11 / root) * 0.2)
+    )
     assert ks_p_value(np.array([0.0]), 10, 10)[0] == 1.0
 
 
@@ -141,7 +143,9 @@ def test_constant_column_takes_no_part_in_the_multivariate_tests_but_ks_still_se
     assert np.isfinite(tests.ks_p_values).all() and not decide(tests, 0.05, "acat").drift
     moved = same.copy()
     moved[:, 1] = 7.5
-    report = drift_report(stats_, moved, ["a", "k", "b"], threshold=0.05, correction="acat", window_size=100, min_samples=100)
+    report = drift_report(
+        stats_, moved, ["a", "k", "b"], threshold=0.05, correction="acat", window_size=100, min_samples=100
+    )
     assert report["drift_detected"] is True and report["drifted_features"] == ["k"]
 
 
