@@ -311,13 +311,13 @@ def cauchy_combination(p_values: np.ndarray, weights: np.ndarray | None = None) 
     as the strongest test when one test sees the shift and as a sum when several do a little.
     T = Σ wᵢ tan((½ - pᵢ)π), p = ½ - arctan(T / Σwᵢ)/π. Tiny p-values use tan's pole form
     1/(pπ) (tan loses all precision there). A p-value of 1 (a KS test on identical-looking samples, an
-    uninformative test) would put -∞ in the sum and hide every other test: as the authors' R package
-    (ACAT), p-values within 1e-14 of 1 are taken as 1 - 1/d for d tests."""
+    uninformative test) would put -∞ in the sum and hide every other test: as the authors' FAQ
+    (github.com/yaowuliu/ACAT) advises, p-values within 1e-14 of 1 are taken as 1 - 1/d for d tests."""
     p = np.asarray(p_values, dtype=np.float64)
-    if p.size == 0:
-        return 1.0
+    if p.size <= 1:
+        return float(p[0]) if p.size else 1.0
     w = np.full(p.size, 1.0 / p.size) if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
-    p = np.where(p >= 1.0 - 1e-14, 1.0 - 1.0 / p.size if p.size > 1 else 0.5, np.maximum(p, 1e-300))
+    p = np.where(p >= 1.0 - 1e-14, 1.0 - 1.0 / p.size, np.maximum(p, 1e-300))
     small = p < 1e-15
     terms = np.where(small, w / (np.where(small, p, 1.0) * np.pi), w * np.tan((0.5 - p) * np.pi))
     t = float(terms.sum())

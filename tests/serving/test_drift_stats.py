@@ -102,7 +102,9 @@ def test_normal_scores_by_hand():
 
 
 def test_cauchy_combination_identities():
-    assert cauchy_combination([0.03]) == pytest.approx(0.03)
+    assert cauchy_combination([0.03]) == pytest.approx(0.03) and cauchy_combination([1.0]) == 1.0
+    # the example of the authors' R package (github.com/yaowuliu/ACAT): acat(c(2e-02,4e-04,0.2,0.1,0.8))
+    assert cauchy_combination([2e-02, 4e-04, 0.2, 0.1, 0.8]) == pytest.approx(0.001953404, rel=1e-6)
     assert cauchy_combination([0.2, 0.2, 0.2]) == pytest.approx(0.2)  # identical tests: the same p
     t = 0.5 * np.tan((0.5 - 0.01) * np.pi) + 0.5 * np.tan((0.5 - 0.5) * np.pi)
     assert cauchy_combination([0.01, 0.5]) == pytest.approx(0.5 - np.arctan(t) / np.pi)
