@@ -116,7 +116,9 @@ def render_report(status: DriftStatus, reference: np.ndarray, window: np.ndarray
         f"<title>Drift report: {_e(model)}</title><style>{_STYLE}</style></head>\n<body>\n"
         f"{_header(status, model)}\n<main>\n{''.join(figures)}</main>\n"
         "<footer>Per feature a two-sample Kolmogorov-Smirnov test of the window against the model's reference "
-        f"rows; the corrected p-value is compared with the threshold. Rendered {_e(iso_utc(time.time()))}.</footer>\n"
+        "rows; the corrected p-value is compared with the per-feature threshold."
+        + (" The overall decision is the combined p-value's (header)." if "multivariate" in status else "")
+        + f" Rendered {_e(iso_utc(time.time()))}.</footer>\n"
         "</body></html>\n"
     )
 
