@@ -296,7 +296,11 @@ def wait_for_run_in_ui(page, run_id: str, shots: Shots, timeout: float = RUN_TIM
 
 
 def task_states_in_ui(page, tasks: list[str]) -> dict[str, str]:
-    """State of each task as the run page's Task Instances table shows it."""
+    """State of each task as the run page's Task Instances table shows it. Read after a reload: the
+    header and the table refresh on their own timers, and a header already showing the final state
+    once stood beside a table still showing the last task as 'no status' (CI, 2026-12-02)."""
+    page.reload()
+    expect(page.get_by_role("row").filter(has=page.get_by_role("link", name=tasks[0], exact=True))).to_have_count(1)
     states = {}
     for task_id in tasks:
         row = page.get_by_role("row").filter(has=page.get_by_role("link", name=task_id, exact=True))
