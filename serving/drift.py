@@ -116,7 +116,8 @@ def drift_report(
         "window_size": window_size,
         "min_samples": min_samples,
         "correction": method,
-        "adjusted_threshold": threshold / m if (method in ("bonferroni", "bh") and m) else threshold,
+        # a feature's cutoff before any test (every correction but none compares features at threshold/m)
+        "adjusted_threshold": threshold / m if (method != "none" and m) else threshold,
         "feature_names": list(feature_names),
         "reference_samples": ref.rows,
         "features": {},

@@ -96,15 +96,16 @@ class Whitening:
 
 def whitening(x: np.ndarray) -> Whitening:
     mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    varying = scale > 0
+    spread = x.std(axis=0)
+    varying = spread > 0
+    scale = np.where(varying, spread, 1.0)
     k = int(varying.sum())
     if k == 0 or len(x) < 2:
-        return Whitening(mean, np.where(varying, scale, 1.0), varying, np.zeros((k, 0)))
+        return Whitening(mean, scale, varying, np.zeros((k, 0)))
     z = (x[:, varying] - mean[varying]) / scale[varying]
     values, vectors = np.linalg.eigh(ledoit_wolf(z))
     keep = values > values.max() * _EIGEN_FLOOR
-    return Whitening(mean, np.where(varying, scale, 1.0), varying, vectors[:, keep] / np.sqrt(values[keep]))
+    return Whitening(mean, scale, varying, vectors[:, keep] / np.sqrt(values[keep]))
 
 
 def score_table(n: int) -> np.ndarray:
@@ -166,7 +167,7 @@ class ReferenceStats:
 
     rows: int
     sorted_columns: np.ndarray = field(repr=False)  # (features, rows), each column ascending
-    scores: np.ndarray = field(repr=False)  # score_table(rows)
+    score_table: np.ndarray = field(repr=False)  # score_table(rows): normal score by twice the mid-rank
     white: Whitening = field(repr=False)  # of the raw values
     score_white: Whitening = field(repr=False)  # of the normal scores
     distances: np.ndarray = field(repr=False)  # out-of-fold squared distances of the scores, ascending
@@ -186,7 +187,7 @@ def reference_stats(reference: np.ndarray) -> ReferenceStats:
     return ReferenceStats(
         rows=len(x),
         sorted_columns=columns.sorted,
-        scores=table,
+        score_table=table,
         white=whitening(x),
         score_white=whitening(scores),
         distances=out_of_fold_distances(scores),
@@ -296,7 +297,7 @@ def window_tests(ref: ReferenceStats, window: np.ndarray, *, multivariate: bool 
     d, p = ks_tests(ref, columns)
     if not multivariate:
         return WindowTests(d, p, None, None, None)
-    scores = normal_scores(ref.sorted_columns, ref.scores, columns)
+    scores = normal_scores(ref.sorted_columns, ref.score_table, columns)
     return WindowTests(
         d,
         p,
