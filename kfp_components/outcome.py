@@ -13,20 +13,10 @@ def find_outcome(mlflow_tracking_uri: str, run_tag: str) -> dict[str, Any]:
     """The training run tagged `retrain_run=run_tag`: its decision, reason and registered version.
 
     `mlflow_run_id` is the MLflow training run's id."""
-    from kfp_components.steps.tracking import connect
+    from kfp_components.steps.mlflow_rest import run_metrics, run_tags
+    from kfp_components.steps.tracking import connect_rest
 
-    client = connect(mlflow_tracking_uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = (
-        client.search_runs(
-            experiments,
-            filter_string=f"tags.retrain_run = '{run_tag}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if experiments
-        else []
-    )
+    runs = connect_rest(mlflow_tracking_uri).search_runs(f"tags.retrain_run = '{run_tag}'")
     if not runs:
         return {
             "run_tag": run_tag,
@@ -36,12 +26,12 @@ def find_outcome(mlflow_tracking_uri: str, run_tag: str) -> dict[str, Any]:
             "registered_version": None,
         }
     run = runs[0]
-    tags = run.data.tags
+    tags = run_tags(run)
     return {
         "run_tag": run_tag,
-        "mlflow_run_id": run.info.run_id,
+        "mlflow_run_id": run["info"]["run_id"],
         "decision": tags.get("validation_decision", "unknown"),
         "reason": tags.get("validation_reason", ""),
         "registered_version": tags.get("registered_version"),
-        "accuracy": run.data.metrics.get("accuracy"),
+        "accuracy": run_metrics(run).get("accuracy"),
     }

@@ -15,6 +15,8 @@ from stack.procs import start_process, wait_http_ok
 MLFLOW_WORKERS = "1"
 # The server's background job runner serves MLflow's GenAI features only; it costs a process and CPU.
 MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+# How long the auth app keeps a verified login (write_auth_config).
+AUTH_CACHE_SECONDS = 300
 
 
 def mlflow_command(state_dir: Path, host: str, port: int, auth: bool = False) -> list[str]:
@@ -50,6 +52,10 @@ def write_auth_config(state_dir: Path, admin_username: str) -> Path:
         f"admin_username = {admin_username}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         "grant_default_workspace_access = false\n"
+        # MLflow checks the password (PBKDF2, ~0.5 s on two cores) on every request unless
+        # successful checks are cached: a retrain makes ~60 requests. One worker, and password
+        # changes through the API drop the entry at once: nothing can serve a stale login.
+        f"auth_cache_ttl_seconds = {AUTH_CACHE_SECONDS}\n"
     )
     return path
 

@@ -14,26 +14,36 @@ held-out rows, which feedback never enters (`kfp_components.steps.train.split_wi
 
 Poisoned feedback can win rule 3 on its own poisoned labels, never rule 2. The decision, its reason
 and the scores of candidate and champion on both sets are written to the candidate's MLflow run.
+
+Each model is judged through its ONNX copy when its run says the copy predicts exactly as the
+estimator (`onnx_parity=true`: checked by training on that run's own held-out rows) — the copy the
+serving app serves — with onnxruntime and numpy: no scikit-learn, skops or MLflow client to import
+(seconds per step). A model without a verified copy is loaded from its skops file through MLflow, as
+before. Both ways read the same held-out rows.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score
 
+from driftloop.contract import ONNX_ARTIFACT, ONNX_PARITY_TAG
 from kfp_components.steps.data import feature_columns
 from kfp_components.steps.errors import StepError
+from kfp_components.steps.mlflow_rest import MlflowRest, run_tags
 from kfp_components.steps.tracking import (
     VALIDATION_DECISION_TAG,
     VALIDATION_REASON_TAG,
     VALIDATION_SCORES_TAG,
     candidate_model_uri,
-    connect,
+    connect_rest,
     get_champion,
     run_feature_names,
 )
@@ -125,17 +135,57 @@ def decide(
     return decision(True, f"accuracy {candidate_accuracy:.4f} on {TRUSTED} >= min_accuracy {min_accuracy:.4f}{against}")
 
 
+class Model(Protocol):
+    def predict(self, features: pd.DataFrame) -> Any: ...
+
+
+class OnnxModel:
+    """A run's verified ONNX copy, predicting labels like the estimator it was converted from."""
+
+    def __init__(self, payload: bytes):
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(payload, providers=["CPUExecutionProvider"])
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise StepError(f"the ONNX copy has {len(inputs)} inputs; training writes one")
+        self.input = inputs[0].name
+        self.dtype = np.float64 if inputs[0].type == "tensor(double)" else np.float32
+
+    def predict(self, features: pd.DataFrame) -> Any:
+        labels = self.session.run(None, {self.input: features.to_numpy(dtype=self.dtype)})[0]
+        return np.asarray(labels).ravel()
+
+
+def load_model(api: MlflowRest, run: dict[str, Any] | None, sklearn_uri: str, tmp: Path) -> Model:
+    """The model as the rule judges it: its run's ONNX copy when the run (REST JSON) verified it, else
+    the estimator at `sklearn_uri`."""
+    if run is not None and run_tags(run).get(ONNX_PARITY_TAG, "").lower() == "true":
+        path = api.download_run_artifact(run, ONNX_ARTIFACT, tmp / run["info"]["run_id"])
+        return OnnxModel(path.read_bytes())
+    logger.info("No verified ONNX copy: loading the estimator %s", sklearn_uri)
+    from kfp_components.steps.tracking import connect
+
+    connect(api.base)
+    import mlflow.sklearn
+
+    model: Model = mlflow.sklearn.load_model(sklearn_uri)
+    return model
+
+
 def _accuracies(
-    model: Any,
+    model: Model,
     holdout: pd.DataFrame,
     feedback_holdout: pd.DataFrame | None,
     label_column: str,
 ) -> tuple[float, float | None]:
-    """The model's accuracy on the trusted held-out rows and on the held-out feedback rows (None without)."""
+    """The model's accuracy on the trusted held-out rows and on the held-out feedback rows (None without).
+    Labels compare as text, as training's ONNX parity check compares them."""
     features = feature_columns(holdout, label_column)
 
     def accuracy(frame: pd.DataFrame) -> float:
-        return float(accuracy_score(frame[label_column], model.predict(frame[features])))
+        predicted = np.asarray(model.predict(frame[features])).astype(str)
+        return float(np.mean(predicted == frame[label_column].to_numpy().astype(str)))
 
     return accuracy(holdout), None if feedback_holdout is None else accuracy(feedback_holdout)
 
@@ -158,9 +208,7 @@ def validate_candidate(
         raise StepError(f"tolerance={tolerance}: must not be negative")
     if holdout.empty:
         raise StepError("the trusted held-out set is empty: nothing to judge the candidate on")
-    client = connect(mlflow_tracking_uri)
-    import mlflow
-
+    api = connect_rest(mlflow_tracking_uri)
     features = feature_columns(holdout, label_column)
     if feedback_holdout is not None and not feedback_holdout.empty:
         if list(feedback_holdout.columns) != list(holdout.columns):
@@ -170,28 +218,33 @@ def validate_candidate(
             )
     else:
         feedback_holdout = None
-    candidate = mlflow.sklearn.load_model(candidate_model_uri(client, mlflow_run_id))
-    candidate_accuracy, candidate_feedback_accuracy = _accuracies(candidate, holdout, feedback_holdout, label_column)
+    with tempfile.TemporaryDirectory(prefix="validate-") as tmp:
+        run = api.get_run(mlflow_run_id)
+        candidate = load_model(api, run, candidate_model_uri(run), Path(tmp))
+        candidate_accuracy, candidate_feedback_accuracy = _accuracies(
+            candidate, holdout, feedback_holdout, label_column
+        )
 
-    champion_accuracy: float | None = None
-    champion_feedback_accuracy: float | None = None
-    champion = get_champion(client, model_name)
-    if champion is not None:
-        champion_features = run_feature_names(client, champion.run_id) if champion.run_id else None
-        if champion_features is not None and champion_features != features:
+        champion_accuracy: float | None = None
+        champion_feedback_accuracy: float | None = None
+        champion = get_champion(api, model_name)
+        champion_run = api.get_run(champion["run_id"]) if champion and champion.get("run_id") else None
+        champion_features = run_feature_names(champion_run) if champion_run else None
+        if champion is not None and champion_features is not None and champion_features != features:
             logger.warning(
                 "Champion version %s uses features %s, the candidate %s: compared against min_accuracy only",
-                champion.version,
+                champion["version"],
                 champion_features,
                 features,
             )
             champion = None
-        else:
+        elif champion is not None:
             try:
-                champion_model = mlflow.sklearn.load_model(f"models:/{model_name}/{champion.version}")
+                champion_uri = f"models:/{model_name}/{champion['version']}"
+                champion_model = load_model(api, champion_run, champion_uri, Path(tmp))
             except Exception as exc:
                 raise StepError(
-                    f"champion {model_name} version {champion.version} cannot be loaded to compare with: {exc}"
+                    f"champion {model_name} version {champion['version']} cannot be loaded to compare with: {exc}"
                 ) from exc
             champion_accuracy, champion_feedback_accuracy = _accuracies(
                 champion_model, holdout, feedback_holdout, label_column
@@ -202,14 +255,14 @@ def validate_candidate(
         min_accuracy,
         champion_accuracy,
         tolerance,
-        champion.version if champion is not None else None,
+        str(champion["version"]) if champion is not None else None,
         candidate_feedback_accuracy,
         champion_feedback_accuracy,
     )
     feedback_rows = 0 if feedback_holdout is None else len(feedback_holdout)
-    client.set_tag(mlflow_run_id, VALIDATION_DECISION_TAG, "accepted" if decision.accepted else "rejected")
-    client.set_tag(mlflow_run_id, VALIDATION_REASON_TAG, decision.reason)
-    client.set_tag(
+    api.set_tag(mlflow_run_id, VALIDATION_DECISION_TAG, "accepted" if decision.accepted else "rejected")
+    api.set_tag(mlflow_run_id, VALIDATION_REASON_TAG, decision.reason)
+    api.set_tag(
         mlflow_run_id, VALIDATION_SCORES_TAG, json.dumps(decision.scores(len(holdout), feedback_rows), sort_keys=True)
     )
     scores = {
@@ -219,8 +272,6 @@ def validate_candidate(
         "validation_feedback_accuracy": candidate_feedback_accuracy,
         "validation_champion_feedback_accuracy": champion_feedback_accuracy,
     }
-    for name, value in scores.items():
-        if value is not None:
-            client.log_metric(mlflow_run_id, name, value)
+    api.log_metrics(mlflow_run_id, {name: value for name, value in scores.items() if value is not None})
     logger.info("Validation %s: %s", "PASSED" if decision.accepted else "FAILED", decision.reason)
     return decision
