@@ -1,12 +1,14 @@
-"""Loop latency: one retrain pipeline on the local runner split by step, DAG file parse time, and the
-time from a forced DAG trigger (Airflow REST API), and from drift through the asset event, to the new
-champion being served, on a whole embedded stack started for the benchmark (whose peak memory is
-sampled meanwhile)."""
+"""Loop latency: the retrain pipeline on the local runner beside the tutorial's pipeline (same venv,
+same MLflow server with the stack's basic auth), each step split into process start-up, imports and
+its own work; DAG file parse time; and the time from a forced DAG trigger (Airflow REST API), and from
+drift through the asset event, to the new champion being served, on a whole embedded stack started for
+the benchmark (whose peak memory is sampled meanwhile)."""
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import statistics
 import subprocess
 import sys
@@ -18,13 +20,19 @@ from typing import Any
 import requests
 
 from bench.memory import PeakSampler, stack_pids
-from stack.config import REPO_ROOT, read_env_file
-from stack.procs import free_port
+from stack.config import REPO_ROOT, mlflow_client_env, read_env_file
+from stack.mlflow_server import start_mlflow
+from stack.procs import free_port, stop_group
 
 TASK_LINE = re.compile(
     r"^(\d\d:\d\d:\d\d\.\d+) - INFO - (?:Executing task|Task) '([\w-]+)'(?: finished with status (\w+))?"
 )
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# KFP's executor, in the step's process, about to import the component's module and call it
+EXECUTOR_LINE = re.compile(r"\[KFP Executor \d{4}-\d\d-\d\d (\d\d:\d\d:\d\d),(\d+) INFO\]: Looking for component")
+# -X importtime: a top-level import (nested ones are indented after the second bar) and its cumulative µs
+TOP_IMPORT = re.compile(r"^\s*import time:\s+\d+ \|\s+(\d+) \| \S")
+TUTORIAL_MODEL = "tutorial-model"
 
 
 def step_durations(output: str) -> dict[str, float]:
@@ -42,32 +50,147 @@ def step_durations(output: str) -> dict[str, float]:
     return durations
 
 
-def pipeline_run(mlflow_tracking_uri: str, model_name: str, root: Path) -> dict:
+def step_split(output: str) -> dict[str, dict[str, float]]:
+    """Per step of a run made with PYTHONPROFILEIMPORTTIME=1: start-up (the runner spawns the process
+    until KFP's executor loads the component), imports (every top-level import after that: the step's
+    own, lazy ones included) and own work (the rest of the step's wall time)."""
+    step, spawned, loaded, imports, split = None, {}, {}, {}, {}
+    for raw in output.splitlines():
+        line = ANSI.sub("", raw)
+        task = TASK_LINE.match(line)
+        if task:
+            stamp = datetime.strptime(task.group(1), "%H:%M:%S.%f")
+            if task.group(3) is None:
+                step, spawned[task.group(2)] = task.group(2), stamp
+            elif task.group(2) in loaded:
+                name = task.group(2)
+                total = (stamp - spawned[name]).total_seconds()
+                start_up = (loaded[name] - spawned[name]).total_seconds()
+                work = total - start_up - imports[name]
+                split[name] = {
+                    k: round(v, 2) for k, v in zip(SPLIT_KEYS, (total, start_up, imports[name], work), strict=True)
+                }
+                step = None
+            continue
+        if step is None:
+            continue
+        executor = EXECUTOR_LINE.search(line)
+        if executor and step not in loaded:
+            loaded[step] = datetime.strptime(f"{executor.group(1)}.{executor.group(2)}", "%H:%M:%S.%f")
+            imports[step] = 0.0
+            continue
+        top = TOP_IMPORT.match(line)
+        if top and step in loaded:
+            imports[step] += int(top.group(1)) / 1e6
+    return split
+
+
+SPLIT_KEYS = ("total_s", "start_up_s", "imports_s", "work_s")
+
+
+def run_and_time(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run a pipeline runner command; wall time, each step's wall time and the output."""
     t0 = time.monotonic()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kfp_components.run_local",
-            "--pipeline-root",
-            str(root),
-            "--param",
-            f"mlflow_tracking_uri={mlflow_tracking_uri}",
-            "--param",
-            f"model_name={model_name}",
-            "--param",
-            "deploy_target=none",
-            "--param",
-            "min_accuracy=0.0",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, env=env)
     wall = time.monotonic() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"pipeline run failed: {proc.stdout[-2000:]}")
-    return {"wall_s": round(wall, 1), "steps_s": step_durations(proc.stdout)}
+        raise RuntimeError(f"pipeline run failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    steps = step_durations(proc.stdout)
+    return {
+        "wall_s": round(wall, 1),
+        "steps_s": steps,
+        "runner_s": round(wall - sum(steps.values()), 1),
+        "output": proc.stdout,
+    }
+
+
+def retrain_command(mlflow_tracking_uri: str, model_name: str, root: Path) -> list[str]:
+    """`make retrain`'s runner (the compiled pipeline on the local runner), deploy step without a target."""
+    return [
+        sys.executable,
+        "-m",
+        "kfp_components.run_local",
+        "--pipeline-root",
+        str(root),
+        "--param",
+        f"mlflow_tracking_uri={mlflow_tracking_uri}",
+        "--param",
+        f"model_name={model_name}",
+        "--param",
+        "deploy_target=none",
+        "--param",
+        "min_accuracy=0.0",
+    ]
+
+
+def pipeline_run(mlflow_tracking_uri: str, model_name: str, root: Path, env: dict[str, str] | None = None) -> dict:
+    result = run_and_time(retrain_command(mlflow_tracking_uri, model_name, root), env)
+    result.pop("output")
+    return result
+
+
+def tutorial_command(mlflow_tracking_uri: str, package: Path, root: Path) -> list[str]:
+    """The tutorial's compiled pipeline on the same local runner (airflow_kfp_provider.local_runner)."""
+    return [
+        sys.executable,
+        "-m",
+        "airflow_kfp_provider.local_runner",
+        "--yaml",
+        str(package),
+        "--pipeline-root",
+        str(root),
+        "--param",
+        f"mlflow_uri={mlflow_tracking_uri}",
+        "--param",
+        f"model_name={TUTORIAL_MODEL}",
+    ]
+
+
+def retrain_vs_tutorial(state: Path, rounds: int = 2) -> dict:
+    """`make retrain`'s pipeline and the tutorial's (bench/tutorial_pipeline.py), alternately, against one
+    MLflow server run as the embedded stack runs it (basic auth), in this venv. A first run of each
+    registers a champion, so that the timed runs of both compare a candidate with one; then one more
+    run of ours under -X importtime splits its steps."""
+    login = {
+        "MLFLOW_TRACKING_USERNAME": "bench",
+        "MLFLOW_TRACKING_PASSWORD": secrets.token_urlsafe(24),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32),
+    }
+    proc, url = start_mlflow(state / "mlflow-auth", free_port(), auth_secrets=login)
+    env = {**os.environ, **mlflow_client_env(login, url)}
+    package = state / "tutorial_pipeline.yaml"
+    subprocess.run(
+        [sys.executable, "-m", "bench.tutorial_pipeline", "--output", str(package)], check=True, cwd=REPO_ROOT, env=env
+    )
+    ours_cmd = retrain_command(url, "loop-model", state / "kfp-ours")
+    tutorial_cmd = tutorial_command(url, package, state / "kfp-tutorial")
+    runs: dict[str, list[dict]] = {"ours": [], "tutorial": []}
+    try:
+        run_and_time(ours_cmd, env)
+        run_and_time(tutorial_cmd, env)
+        for _ in range(rounds):
+            runs["ours"].append(run_and_time(ours_cmd, env))
+            runs["tutorial"].append(run_and_time(tutorial_cmd, env))
+        profiled = run_and_time(ours_cmd, {**env, "PYTHONPROFILEIMPORTTIME": "1"})
+    finally:
+        stop_group(proc.pid)
+
+    def median_run(which: str) -> dict:
+        ordered = sorted(runs[which], key=lambda r: r["wall_s"])
+        run = ordered[(len(ordered) - 1) // 2]
+        return {k: v for k, v in run.items() if k != "output"}
+
+    ours, tutorial = median_run("ours"), median_run("tutorial")
+    return {
+        "rounds": rounds,
+        "ours": ours,
+        "tutorial": tutorial,
+        "ours_walls_s": [r["wall_s"] for r in runs["ours"]],
+        "tutorial_walls_s": [r["wall_s"] for r in runs["tutorial"]],
+        "ratio": round(ours["wall_s"] / tutorial["wall_s"], 2),
+        "split": step_split(profiled["output"]),
+        "split_runner_s": profiled["runner_s"],
+    }
 
 
 def import_cost(module: str, repeats: int = 3) -> float:

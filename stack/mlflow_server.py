@@ -70,13 +70,23 @@ def auth_server_env(state_dir: Path, secrets: dict[str, str]) -> dict[str, str]:
 
 
 def start_mlflow(
-    state_dir: Path, port: int, host: str = "127.0.0.1", log_path: Path | None = None, timeout: float = 180.0
+    state_dir: Path,
+    port: int,
+    host: str = "127.0.0.1",
+    log_path: Path | None = None,
+    timeout: float = 180.0,
+    auth_secrets: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start the server and wait until /health answers; returns the process and its URL."""
+    """Start the server and wait until /health answers; returns the process and its URL. With
+    `auth_secrets` (the stack's MLFLOW_TRACKING_USERNAME/PASSWORD and MLFLOW_FLASK_SERVER_SECRET_KEY)
+    it runs the basic-auth app as the stack does."""
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
+    env = {**MLFLOW_SERVER_ENV, **(auth_server_env(state_dir, auth_secrets) if auth_secrets else {})}
     proc = start_process(
-        mlflow_command(state_dir, host, port), log_path or state_dir / "mlflow.log", env=MLFLOW_SERVER_ENV
+        mlflow_command(state_dir, host, port, auth=auth_secrets is not None),
+        log_path or state_dir / "mlflow.log",
+        env=env,
     )
     url = f"http://{host}:{port}"
     wait_http_ok(f"{url}/health", timeout=timeout, proc=proc)

@@ -2,24 +2,29 @@
 
 With MLflow down, the verified local copy of the version a previous run served is enough
 (serving/model_cache.py); otherwise `make run` waits for MLflow. With MLflow up and no champion yet,
-the retrain pipeline runs once to register a first one (not deployed: serving starts after this and
-loads it).
+the retrain pipeline runs once to register a first one, in the background: serving and Airflow start
+meanwhile (serving answers 503 "no model loaded yet" until then), and `make run` asks serving to
+load the new champion as soon as it is registered (`Bootstrap.finish`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import requests
 
 from driftloop.contract import CHAMPION_ALIAS
 from stack.config import REPO_ROOT, StackConfig, mlflow_client_env
 from stack.health import probe
+from stack.procs import start_process, stop_group
 from stack.services import STACK_MARKER, serving_state_file
 from stack.waiting import NotYet, poll
 
@@ -123,11 +128,12 @@ def wait_for_mlflow(cfg: StackConfig, timeout: float, interval: float = 2.0, why
     log.info("  MLflow answers (%.0fs)", time.monotonic() - t0)
 
 
-def ensure_model_source(cfg: StackConfig, secrets: dict[str, str]) -> None:
+def ensure_model_source(cfg: StackConfig, secrets: dict[str, str]) -> Bootstrap | None:
     """Before serving starts: a model it can load. With MLflow down, the verified local copy of the
     version a previous run served is enough; otherwise wait for MLflow. With MLflow up and no champion
-    yet, bootstrap one. A state file serving would refuse (empty, damaged) stops the start here, in a
-    second, whatever MLflow's state."""
+    yet, start the bootstrap retrain (returned: the caller finishes it once the other parts started).
+    A state file serving would refuse (empty, damaged) stops the start here, in a second, whatever
+    MLflow's state."""
     from serving.store.base import StateFileError
     from serving.store.sqlite import check_state_file
 
@@ -148,20 +154,61 @@ def ensure_model_source(cfg: StackConfig, secrets: dict[str, str]) -> None:
                 cfg.model_name,
                 where,
             )
-            return
+            return None
         wait_for_mlflow(cfg, mlflow_wait_seconds(), why_needed=where)
-    if not has_champion(cfg, secrets):
-        t0 = time.monotonic()
-        bootstrap_champion(cfg, secrets)
-        log.info("  first champion registered in %.0fs", time.monotonic() - t0)
+    if has_champion(cfg, secrets):
+        return None
+    return start_bootstrap(cfg, secrets)
 
 
-def bootstrap_champion(cfg: StackConfig, secrets: dict[str, str]) -> None:
-    """First run: train and register a champion so that serving has a model (not deployed: serving
-    starts after this and loads it)."""
+@dataclass
+class Bootstrap:
+    """The first retrain, running in its own process group while the other parts start."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    outcome_path: Path
+    started: float
+
+    def finish(self, cfg: StackConfig, secrets: dict[str, str], timeout: float = 900.0) -> str:
+        """Wait for the pipeline, then have serving load the champion it registered; returns the version.
+        RuntimeError naming the log when the pipeline failed or registered nothing."""
+        from kfp_components.steps.deploy import reload_serving_app
+
+        try:
+            code = self.proc.wait(timeout=max(timeout - (time.monotonic() - self.started), 1.0))
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise RuntimeError(f"bootstrap retrain still running after {timeout:.0f}s; see {self.log_path}") from None
+        try:
+            outcome = json.loads(self.outcome_path.read_text())
+        except (OSError, ValueError):
+            outcome = {}
+        version = outcome.get("registered_version")
+        if code != 0 or not version:
+            why = outcome.get("error") or outcome.get("reason") or f"exit {code}"
+            raise RuntimeError(f"bootstrap retrain failed ({why}); see {self.log_path}")
+        log.info("  first champion: %s version %s registered in %.0fs", cfg.model_name, version, self.elapsed)
+        reload_serving_app(cfg.serving_url, cfg.model_name, str(version), secrets["SERVING_ADMIN_TOKEN"], 120.0)
+        return str(version)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            stop_group(self.proc.pid)
+
+
+def start_bootstrap(cfg: StackConfig, secrets: dict[str, str]) -> Bootstrap:
+    """First run: train and register a champion so that serving has a model; not deployed by the
+    pipeline (serving may not answer yet): `Bootstrap.finish` reloads serving."""
     out_path = cfg.logs / "bootstrap-retrain.log"
+    outcome_path = cfg.root / "bootstrap-outcome.json"
+    outcome_path.unlink(missing_ok=True)
     log.info(
-        "  registry has no %s for %s: running the retrain pipeline once (log: %s)",
+        "  registry has no %s for %s: running the retrain pipeline once, in the background (log: %s)",
         CHAMPION_ALIAS,
         cfg.model_name,
         out_path,
@@ -172,6 +219,8 @@ def bootstrap_champion(cfg: StackConfig, secrets: dict[str, str]) -> None:
         "kfp_components.run_local",
         "--pipeline-root",
         str(cfg.root / "kfp-local"),
+        "--outcome-file",
+        str(outcome_path),
         "--param",
         f"mlflow_tracking_uri={cfg.mlflow_tracking_uri}",
         "--param",
@@ -184,12 +233,8 @@ def bootstrap_champion(cfg: StackConfig, secrets: dict[str, str]) -> None:
         "run_tag=bootstrap",
     ]
     env = {
-        **os.environ,
         STACK_MARKER: str(cfg.root),
         **mlflow_client_env(secrets, cfg.mlflow_tracking_uri),
         "SERVING_ADMIN_TOKEN": secrets["SERVING_ADMIN_TOKEN"],
     }
-    with open(out_path, "ab") as out:
-        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env).returncode
-    if code != 0:
-        raise RuntimeError(f"bootstrap retrain failed (exit {code}); see {out_path}")
+    return Bootstrap(start_process(cmd, out_path, env=env, cwd=REPO_ROOT), out_path, outcome_path, time.monotonic())

@@ -31,7 +31,7 @@ from driftloop.contract import MLFLOW_TRACKING_URI_ENV
 from stack.config import REPO_ROOT, StackConfig, load_or_create_secrets, write_secret_file
 from stack.heal import restart_if_stale, stop_dead_part
 from stack.health import AirflowHealth, PartState, airflow_health, heartbeat_age, inspect_part, pid_file, probe
-from stack.model_source import ensure_model_source
+from stack.model_source import Bootstrap, ensure_model_source
 from stack.procs import port_in_use, start_process, stop_group, wait_http_ok
 from stack.services import AIRFLOW_COMPONENTS, STACK_MARKER, ServiceSpec, airflow_env, service_specs, venv_bin
 from stack.waiting import NotYet, poll
@@ -204,10 +204,10 @@ def plan(cfg: StackConfig, specs: list[ServiceSpec]) -> Plan | None:
 
 def start_part(
     cfg: StackConfig, spec: ServiceSpec, secrets: dict[str, str], started: list[Started], degraded: list[str]
-) -> None:
-    """Start one part (after what it needs first) and wait until its health endpoint answers."""
-    if spec.name == "serving":
-        ensure_model_source(cfg, secrets)
+) -> Bootstrap | None:
+    """Start one part (after what it needs first) and wait until its health endpoint answers; serving
+    without a champion yet is not waited for: the bootstrap retrain is returned, running."""
+    bootstrap = ensure_model_source(cfg, secrets) if spec.name == "serving" else None
     if spec.name == "airflow-api-server":
         log.info("  airflow: migrating the metadata database")
         airflow_db_migrate(cfg, secrets)
@@ -215,6 +215,15 @@ def start_part(
     log.info("  %s: starting", spec.name)
     part = start_service(cfg, spec)
     started.append(part)
+    if bootstrap is not None:
+        log.info("  %s: loads the first champion once the bootstrap retrain registered it", spec.name)
+        return bootstrap
+    wait_healthy(cfg, part, degraded, t0)
+    return None
+
+
+def wait_healthy(cfg: StackConfig, part: Started, degraded: list[str], t0: float) -> None:
+    spec = part.spec
     if not spec.health_url:
         return
     try:
@@ -238,20 +247,36 @@ def start_part(
 def start_parts(
     cfg: StackConfig, specs: list[ServiceSpec], secrets: dict[str, str], found: Plan, started: list[Started]
 ) -> None:
-    """Start what does not run (and restart stale Airflow components), then wait for Airflow's heartbeats."""
+    """Start what does not run (and restart stale Airflow components), then wait for Airflow's heartbeats
+    and, when it ran, for the bootstrap retrain and serving's first model."""
     components: AirflowHealth | None = None
-    for spec in specs:
-        state = found.states[spec.name]
-        if state.kind == "running":
-            if spec.name not in AIRFLOW_COMPONENTS:
-                if spec.name not in found.degraded:
-                    log.info("  %s: already running (pid %s)", spec.name, state.pid)
-                continue
-            components = airflow_health(cfg) if components is None else components
-            if not restart_if_stale(cfg, spec, state, components):
-                continue
-            found.healed.append(spec.name)
-        start_part(cfg, spec, secrets, started, found.degraded)
+    bootstrap: Bootstrap | None = None
+    try:
+        for spec in specs:
+            state = found.states[spec.name]
+            if state.kind == "running":
+                if spec.name not in AIRFLOW_COMPONENTS:
+                    if spec.name not in found.degraded:
+                        log.info("  %s: already running (pid %s)", spec.name, state.pid)
+                    continue
+                components = airflow_health(cfg) if components is None else components
+                if not restart_if_stale(cfg, spec, state, components):
+                    continue
+                found.healed.append(spec.name)
+            bootstrap = start_part(cfg, spec, secrets, started, found.degraded) or bootstrap
+        wait_airflow_parts(cfg, specs, started)
+        if bootstrap is not None:
+            serving = next(p for p in started if p.spec.name == "serving")
+            if serving.proc.poll() is not None:
+                raise RuntimeError(f"serving exited with code {serving.proc.returncode} before its first model")
+            bootstrap.finish(cfg, secrets)
+            wait_healthy(cfg, serving, found.degraded, bootstrap.started)
+    finally:
+        if bootstrap is not None:
+            bootstrap.stop()  # only when something above failed: a finished retrain has exited
+
+
+def wait_airflow_parts(cfg: StackConfig, specs: list[ServiceSpec], started: list[Started]) -> None:
     waited: dict[str, datetime | None] = {
         AIRFLOW_COMPONENTS[s.name]: None for s in specs if s.name in AIRFLOW_COMPONENTS
     }
