@@ -395,3 +395,30 @@ def test_serving_that_fails_to_boot_on_a_damaged_state_file_is_reported_within_s
     assert f"serving state file {state} is not an SQLite database" in out, out
     assert not health.pid_file(cfg, "serving").exists()
     print(f"\nserving start failure reported in {elapsed:.1f}s")
+
+
+def _bootstrap(cfg: StackConfig, code: str) -> model_source.Bootstrap:
+    """A Bootstrap whose 'pipeline' is `code`, run in its own process group as the real one is."""
+    cfg.logs.mkdir(parents=True, exist_ok=True)
+    log_path, outcome = cfg.logs / "bootstrap-retrain.log", cfg.root / "bootstrap-outcome.json"
+    outcome.unlink(missing_ok=True)  # as start_bootstrap does
+    proc = start_process([sys.executable, "-c", code, str(outcome)], log_path)
+    return model_source.Bootstrap(proc, log_path, outcome, time.monotonic())
+
+
+def test_a_failed_bootstrap_retrain_stops_the_start_naming_its_error_and_log(cfg):
+    failing = (
+        "import json, sys; json.dump({'state': 'FAILED', 'error': 'train-model: no data'}, open(sys.argv[1], 'w'));"
+        " sys.exit(1)"
+    )
+    with pytest.raises(RuntimeError, match=r"bootstrap retrain failed \(train-model: no data\); see .*bootstrap"):
+        _bootstrap(cfg, failing).finish(cfg, {"SERVING_ADMIN_TOKEN": "t"})
+    with pytest.raises(RuntimeError, match=r"bootstrap retrain failed \(exit 3\)"):
+        _bootstrap(cfg, "import sys; sys.exit(3)").finish(cfg, {"SERVING_ADMIN_TOKEN": "t"})
+
+
+def test_a_bootstrap_retrain_that_outlives_its_time_is_stopped_with_its_group(cfg):
+    slow = _bootstrap(cfg, "import time; time.sleep(600)")
+    with pytest.raises(RuntimeError, match="bootstrap retrain still running after 1s"):
+        slow.finish(cfg, {"SERVING_ADMIN_TOKEN": "t"}, timeout=1)
+    assert slow.proc.poll() is not None and not group_members(slow.proc.pid)

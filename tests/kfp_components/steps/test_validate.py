@@ -199,3 +199,85 @@ def test_honest_feedback_gets_a_retrain_accepted(
     assert list(reference.columns) == FEATURES
     assert len(reference) == int(run.data.params["train_rows"])
     assert int(run.data.params["feedback_train_rows"]) + int(run.data.params["feedback_holdout_rows"]) == len(rows)
+
+
+# --- how the models are judged: verified ONNX copies, else the estimators -----------------------------
+
+VALIDATE_IN_A_FRESH_PROCESS = """
+import json, sys
+import pandas as pd
+from kfp_components.steps.validate import validate_candidate
+decision = validate_candidate(sys.argv[1], pd.read_csv(sys.argv[2]), "target", sys.argv[3], sys.argv[4], 0.9)
+heavy = sorted(m for m in ("sklearn", "skops", "mlflow", "skl2onnx") if m in sys.modules)
+print(json.dumps({"accepted": decision.accepted, "candidate": decision.candidate_accuracy,
+                  "champion": decision.champion_accuracy, "heavy": heavy}))
+"""
+
+
+@pytest.fixture(scope="module")
+def candidate(mlflow_server, iris_champion, tmp_path_factory):
+    """A second model trained on the bundled iris set (another forest), its held-out rows in a CSV."""
+    from kfp_components.steps.train import TrainConfig, train_and_log
+
+    data = load_training_data("")
+    cfg = TrainConfig(n_estimators=7, random_state=3)
+    result = train_and_log(data.base, "target", mlflow_server, "retrain", cfg, run_tag=f"{iris_champion}-small")
+    path = tmp_path_factory.mktemp("holdout") / "holdout.csv"
+    result.holdout.to_csv(path, index=False)
+    return result, path
+
+
+def _sklearn_accuracy(model_uri, holdout):
+    import mlflow
+
+    model = mlflow.sklearn.load_model(model_uri)
+    return float((model.predict(holdout[FEATURES]) == holdout["target"]).mean())
+
+
+def test_verified_onnx_copies_are_judged_without_scikit_learn_or_the_mlflow_client(
+    mlflow_server, mlflow_client, iris_champion, candidate
+):
+    """The step's process imports neither scikit-learn, skops nor mlflow, and scores both models as
+    their estimators score them on the same held-out rows."""
+    import subprocess
+    import sys
+
+    result, holdout_csv = candidate
+    assert mlflow_client.get_run(result.mlflow_run_id).data.tags["onnx_parity"] == "true"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            VALIDATE_IN_A_FRESH_PROCESS,
+            result.mlflow_run_id,
+            str(holdout_csv),
+            mlflow_server,
+            iris_champion,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    judged = json.loads(out.stdout.strip().splitlines()[-1])
+    assert judged["heavy"] == []
+    holdout = pd.read_csv(holdout_csv)
+    model_uri = mlflow_client.get_run(result.mlflow_run_id).data.tags["model_uri"]
+    assert judged["candidate"] == pytest.approx(_sklearn_accuracy(model_uri, holdout))
+    assert judged["champion"] == pytest.approx(_sklearn_accuracy(f"models:/{iris_champion}/1", holdout))
+
+
+def test_a_model_without_a_verified_copy_is_judged_by_its_estimator(
+    mlflow_server, mlflow_client, iris_champion, candidate
+):
+    from kfp_components.steps.validate import validate_candidate
+
+    result, holdout_csv = candidate
+    holdout = pd.read_csv(holdout_csv)
+    mlflow_client.set_tag(result.mlflow_run_id, "onnx_parity", "false")
+    try:
+        decision = validate_candidate(result.mlflow_run_id, holdout, "target", mlflow_server, iris_champion, 0.0)
+    finally:
+        mlflow_client.set_tag(result.mlflow_run_id, "onnx_parity", "true")
+    model_uri = mlflow_client.get_run(result.mlflow_run_id).data.tags["model_uri"]
+    assert decision.candidate_accuracy == pytest.approx(_sklearn_accuracy(model_uri, holdout))
+    assert decision.champion_version == "1"
