@@ -43,6 +43,7 @@ from kfp_components.steps.tracking import (
     VALIDATION_REASON_TAG,
     VALIDATION_SCORES_TAG,
     candidate_model_uri,
+    connect,
     connect_rest,
     get_champion,
     run_feature_names,
@@ -164,8 +165,6 @@ def load_model(api: MlflowRest, run: dict[str, Any] | None, sklearn_uri: str, tm
         path = api.download_run_artifact(run, ONNX_ARTIFACT, tmp / run["info"]["run_id"])
         return OnnxModel(path.read_bytes())
     logger.info("No verified ONNX copy: loading the estimator %s", sklearn_uri)
-    from kfp_components.steps.tracking import connect
-
     connect(api.base)
     import mlflow.sklearn
 
