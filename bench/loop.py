@@ -146,7 +146,7 @@ def tutorial_command(mlflow_tracking_uri: str, package: Path, root: Path) -> lis
     ]
 
 
-def retrain_vs_tutorial(state: Path, rounds: int = 2) -> dict:
+def retrain_vs_tutorial(state: Path, rounds: int = 3) -> dict:
     """`make retrain`'s pipeline and the tutorial's (bench/tutorial_pipeline.py), alternately, against one
     MLflow server run as the embedded stack runs it (basic auth), in this venv. A first run of each
     registers a champion, so that the timed runs of both compare a candidate with one; then one more
