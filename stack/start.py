@@ -223,6 +223,8 @@ def start_part(
 
 
 def wait_healthy(cfg: StackConfig, part: Started, degraded: list[str], t0: float) -> None:
+    """Wait until the started part's health endpoint answers 2xx; a part that answers but not "ok"
+    is noted as degraded."""
     spec = part.spec
     if not spec.health_url:
         return
@@ -277,6 +279,7 @@ def start_parts(
 
 
 def wait_airflow_parts(cfg: StackConfig, specs: list[ServiceSpec], started: list[Started]) -> None:
+    """Wait for the heartbeat of every Airflow component (a restarted one: newer than its start)."""
     waited: dict[str, datetime | None] = {
         AIRFLOW_COMPONENTS[s.name]: None for s in specs if s.name in AIRFLOW_COMPONENTS
     }
