@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -39,7 +40,7 @@ class MlflowApiError(StepError):
         self.status = status
 
 
-def tracking_auth(env: dict[str, str] | os._Environ[str] = os.environ) -> dict[str, Any]:
+def tracking_auth(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """`requests` keyword arguments for the MLflow client's credential variables."""
     if env.get("MLFLOW_TRACKING_TOKEN"):
         return {"headers": {"Authorization": f"Bearer {env['MLFLOW_TRACKING_TOKEN']}"}}
