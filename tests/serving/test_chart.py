@@ -539,3 +539,12 @@ def test_chart_and_image_agree():
     deployment = (CHART / "templates" / "deployment.yaml").read_text()
     assert f"workingDir: {workdirs[-1]}" in deployment
     assert f"runAsUser: {UID}" in deployment
+
+
+def test_components_dockerfile_compiles_byte_code():
+    """Every pipeline step is a fresh process with PYTHONDONTWRITEBYTECODE set: without byte-code compiled
+    into the image, each would compile every module it imports, every time."""
+    text = (REPO / "kfp_components" / "Dockerfile").read_text()
+    assert "PYTHONDONTWRITEBYTECODE=1" in text
+    installs = [line for line in text.splitlines() if "uv pip install --system" in line]
+    assert len(installs) == 2 and all("--compile-bytecode" in line for line in installs), installs
