@@ -104,23 +104,23 @@ def run_and_time(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     }
 
 
+def runner_command(module: str, root: Path, params: dict[str, str], *extra: str) -> list[str]:
+    """A local-runner command line: `python -m <module> [extra] --pipeline-root root --param k=v ...`."""
+    cmd = [sys.executable, "-m", module, *extra, "--pipeline-root", str(root)]
+    for key, value in params.items():
+        cmd += ["--param", f"{key}={value}"]
+    return cmd
+
+
 def retrain_command(mlflow_tracking_uri: str, model_name: str, root: Path) -> list[str]:
     """`make retrain`'s runner (the compiled pipeline on the local runner), deploy step without a target."""
-    return [
-        sys.executable,
-        "-m",
-        "kfp_components.run_local",
-        "--pipeline-root",
-        str(root),
-        "--param",
-        f"mlflow_tracking_uri={mlflow_tracking_uri}",
-        "--param",
-        f"model_name={model_name}",
-        "--param",
-        "deploy_target=none",
-        "--param",
-        "min_accuracy=0.0",
-    ]
+    params = {
+        "mlflow_tracking_uri": mlflow_tracking_uri,
+        "model_name": model_name,
+        "deploy_target": "none",
+        "min_accuracy": "0.0",
+    }
+    return runner_command("kfp_components.run_local", root, params)
 
 
 def pipeline_run(mlflow_tracking_uri: str, model_name: str, root: Path, env: dict[str, str] | None = None) -> dict:
@@ -131,19 +131,8 @@ def pipeline_run(mlflow_tracking_uri: str, model_name: str, root: Path, env: dic
 
 def tutorial_command(mlflow_tracking_uri: str, package: Path, root: Path) -> list[str]:
     """The tutorial's compiled pipeline on the same local runner (airflow_kfp_provider.local_runner)."""
-    return [
-        sys.executable,
-        "-m",
-        "airflow_kfp_provider.local_runner",
-        "--yaml",
-        str(package),
-        "--pipeline-root",
-        str(root),
-        "--param",
-        f"mlflow_uri={mlflow_tracking_uri}",
-        "--param",
-        f"model_name={TUTORIAL_MODEL}",
-    ]
+    params = {"mlflow_uri": mlflow_tracking_uri, "model_name": TUTORIAL_MODEL}
+    return runner_command("airflow_kfp_provider.local_runner", root, params, "--yaml", str(package))
 
 
 def retrain_vs_tutorial(state: Path, rounds: int = 3) -> dict:

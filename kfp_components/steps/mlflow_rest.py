@@ -120,7 +120,6 @@ class MlflowRest:
         """The run's artifact `path` written under `dst`; through the server's artifact proxy, else
         through the MLflow client (other artifact stores)."""
         root: str = run["info"]["artifact_uri"]
-        target = Path(dst) / Path(path).name
         if not root.startswith(PROXIED_SCHEME):
             from mlflow.artifacts import download_artifacts
 
@@ -140,6 +139,7 @@ class MlflowRest:
                 str(resp.status_code),
                 resp.status_code,
             )
+        target = Path(dst) / Path(path).name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(resp.content)
         return target
