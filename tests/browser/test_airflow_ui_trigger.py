@@ -70,9 +70,6 @@ pytestmark = [
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed in this venv")
 expect = sync_api.expect
-# Playwright's assertions wait 5 s by default. With a retrain running on two cores the trigger form
-# refetches every query of the DAG before it opens the new run's page, and that took longer in CI.
-expect.set_options(timeout=UI_TIMEOUT_MS)
 
 
 # -- the stack and its APIs ----------------------------------------------------------------------------
